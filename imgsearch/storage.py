@@ -1,0 +1,422 @@
+"""Everything the index keeps on disk, behind one class.
+
+SQLite through SQLAlchemy Core: the caption bank once, then one row per image
+(its file facts, its own image vector and its mean caption vector) and its
+top-N captions with their match scores. Vectors are float32 blobs. The schema
+is versioned with numbered migrations so an old index opens in a new release.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+from filelock import FileLock, Timeout
+
+from imgsearch.errors import ImgsearchError
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+captions_table = sa.Table(
+    "captions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+)
+
+images_table = sa.Table(
+    "images",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("path", sa.Text, nullable=False, unique=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False, index=True),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("image_vector", sa.LargeBinary, nullable=False),
+    sa.Column("caption_vector", sa.LargeBinary, nullable=False),
+    sa.Column("indexed_at", sa.Float, nullable=False),
+)
+
+image_captions_table = sa.Table(
+    "image_captions",
+    metadata,
+    sa.Column(
+        "image_id",
+        sa.Integer,
+        sa.ForeignKey("images.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("rank", sa.Integer, primary_key=True),
+    sa.Column("caption_id", sa.Integer, nullable=False, index=True),
+    sa.Column("score", sa.Float, nullable=False),
+)
+
+skipped_table = sa.Table(
+    "skipped",
+    metadata,
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+)
+
+
+def _migration_1(conn: sa.Connection) -> None:
+    metadata.create_all(conn)
+
+
+# Numbered schema steps; index i brings a database from version i to i + 1.
+MIGRATIONS = [_migration_1]
+
+
+@dataclass
+class ImageRecord:
+    """One indexed image as stored. Vectors are float32."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str
+    width: int
+    height: int
+    image_vector: np.ndarray
+    caption_vector: np.ndarray
+    caption_ids: list[int]
+    caption_scores: list[float]
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class FileState:
+    id: int
+    size: int
+    mtime_ns: int
+    hash: str
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def _vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+class Store:
+    """An index database. Open with ``Store.open``; one writer at a time (``writer()``)."""
+
+    def __init__(self, path: Path, engine: sa.Engine):
+        self.path = path
+        self.engine = engine
+
+    @classmethod
+    def open(cls, path: Path, create: bool = False) -> Store:
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise ImgsearchError(f"no index at {path}: run 'imgsearch index FOLDER' first")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ImgsearchError(
+                    f"cannot create the index at {path}: {exc.strerror}; choose another with --db"
+                ) from None
+        elif path.is_dir():
+            raise ImgsearchError(f"{path} is a folder, not an index database")
+        engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        store = cls(path, engine)
+        try:
+            store._migrate()
+        except sa.exc.DatabaseError as exc:
+            engine.dispose()
+            reason = str(exc.orig) if exc.orig else str(exc)
+            raise ImgsearchError(f"cannot open the index at {path}: {reason}") from None
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _migrate(self) -> None:
+        with self.engine.begin() as conn:
+            has_meta = sa.inspect(conn).has_table("meta")
+            version = 0
+            if has_meta:
+                row = conn.execute(
+                    sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+                ).first()
+                version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise ImgsearchError(
+                    f"the index at {self.path} was made by a newer imgsearch "
+                    f"(schema {version}); upgrade imgsearch to use it"
+                )
+            for step in MIGRATIONS[version:]:
+                step(conn)
+            if version != SCHEMA_VERSION:
+                _upsert_meta(conn, {"schema_version": str(SCHEMA_VERSION)})
+
+    @contextmanager
+    def writer(self) -> Iterator[None]:
+        """Hold the index's write lock: a second writer stops at once with a clear message."""
+        lock = FileLock(str(self.path) + ".lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise ImgsearchError(
+                f"another imgsearch process is updating {self.path}; wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # --- settings -----------------------------------------------------------
+
+    def meta(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(meta_table.c.key, meta_table.c.value)).all())
+
+    def set_meta(self, values: dict[str, str]) -> None:
+        with self.engine.begin() as conn:
+            _upsert_meta(conn, values)
+
+    # --- caption bank -------------------------------------------------------
+
+    def save_bank(self, texts: list[str], vectors: np.ndarray, meta: dict[str, str]) -> None:
+        """Replace the caption bank and the settings that go with it, atomically."""
+        with self.engine.begin() as conn:
+            conn.execute(captions_table.delete())
+            rows = [
+                {"id": i, "text": t, "vector": _blob(v)}
+                for i, (t, v) in enumerate(zip(texts, vectors))
+            ]
+            for start in range(0, len(rows), 5000):
+                conn.execute(captions_table.insert(), rows[start : start + 5000])
+            _upsert_meta(conn, meta)
+
+    def load_bank(self) -> tuple[list[str], np.ndarray]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(captions_table.c.text, captions_table.c.vector).order_by(
+                    captions_table.c.id
+                )
+            ).all()
+        if not rows:
+            return [], np.zeros((0, 0), np.float32)
+        return [r[0] for r in rows], np.stack([_vector(r[1]) for r in rows])
+
+    def caption_texts(self, ids: Iterable[int]) -> dict[int, str]:
+        ids = sorted(set(ids))
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(captions_table.c.id, captions_table.c.text).where(
+                    captions_table.c.id.in_(ids)
+                )
+            ).all()
+        return dict(rows)
+
+    # --- images -------------------------------------------------------------
+
+    def file_states(self) -> dict[str, FileState]:
+        t = images_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.path, t.c.id, t.c.size, t.c.mtime_ns, t.c.hash)).all()
+        return {r[0]: FileState(r[1], r[2], r[3], r[4]) for r in rows}
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(images_table)).scalar_one()
+
+    def put_images(self, records: list[ImageRecord]) -> None:
+        """Insert or replace images (by path) with their captions, in one transaction."""
+        if not records:
+            return
+        now = time.time()
+        with self.engine.begin() as conn:
+            paths = [r.path for r in records]
+            conn.execute(images_table.delete().where(images_table.c.path.in_(paths)))
+            conn.execute(skipped_table.delete().where(skipped_table.c.path.in_(paths)))
+            for r in records:
+                r.id = conn.execute(
+                    images_table.insert().values(
+                        path=r.path,
+                        size=r.size,
+                        mtime_ns=r.mtime_ns,
+                        hash=r.hash,
+                        width=r.width,
+                        height=r.height,
+                        image_vector=_blob(r.image_vector),
+                        caption_vector=_blob(r.caption_vector),
+                        indexed_at=now,
+                    )
+                ).inserted_primary_key[0]
+            conn.execute(
+                image_captions_table.insert(),
+                [
+                    {"image_id": r.id, "rank": rank, "caption_id": int(c), "score": float(s)}
+                    for r in records
+                    for rank, (c, s) in enumerate(zip(r.caption_ids, r.caption_scores))
+                ],
+            )
+
+    def skipped_files(self) -> dict[str, tuple[int, int, str]]:
+        """Files that failed before: an unchanged bad file is not decoded again."""
+        t = skipped_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.path, t.c.size, t.c.mtime_ns, t.c.reason)).all()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def mark_skipped(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
+        t = skipped_table
+        with self.engine.begin() as conn:
+            conn.execute(t.delete().where(t.c.path == path))
+            conn.execute(t.insert().values(path=path, size=size, mtime_ns=mtime_ns, reason=reason))
+
+    def forget_skipped(self, keep: set[str]) -> None:
+        """Drop failure records of files that are gone."""
+        t = skipped_table
+        with self.engine.begin() as conn:
+            gone = [p for (p,) in conn.execute(sa.select(t.c.path)) if p not in keep]
+            for start in range(0, len(gone), 500):
+                conn.execute(t.delete().where(t.c.path.in_(gone[start : start + 500])))
+
+    def update_files(self, changes: list[tuple[int, str, int, int]]) -> None:
+        """Record new paths or file times (id, path, size, mtime_ns) for moved or touched files."""
+        if not changes:
+            return
+        t = images_table
+        with self.engine.begin() as conn:
+            # Two steps, so that paths swapped between files never clash on the unique key.
+            for image_id, _, _, _ in changes:
+                conn.execute(
+                    t.update().where(t.c.id == image_id).values(path=f"\0moving/{image_id}")
+                )
+            for image_id, path, size, mtime_ns in changes:
+                conn.execute(
+                    t.update()
+                    .where(t.c.id == image_id)
+                    .values(path=path, size=size, mtime_ns=mtime_ns)
+                )
+
+    def remove_ids(self, ids: Iterable[int]) -> int:
+        ids = list(ids)
+        with self.engine.begin() as conn:
+            for start in range(0, len(ids), 500):
+                conn.execute(
+                    images_table.delete().where(images_table.c.id.in_(ids[start : start + 500]))
+                )
+        return len(ids)
+
+    def ids_under(self, prefix: str) -> list[int]:
+        """Ids of the images at ``prefix`` or inside the folder ``prefix`` ('' means all)."""
+        t = images_table
+        query = sa.select(t.c.id)
+        if prefix:
+            folder = prefix.rstrip("/") + "/"
+            query = query.where(
+                sa.or_(t.c.path == prefix, t.c.path.startswith(folder, autoescape=True))
+            )
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(query)]
+
+    def get(self, path: str | None = None, hash: str | None = None) -> ImageRecord | None:
+        """One image by path or by content hash, with its captions."""
+        t = images_table
+        cond = t.c.path == path if path is not None else t.c.hash == hash
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(cond).order_by(t.c.id).limit(1)).first()
+            if row is None:
+                return None
+            caps = conn.execute(
+                sa.select(image_captions_table.c.caption_id, image_captions_table.c.score)
+                .where(image_captions_table.c.image_id == row.id)
+                .order_by(image_captions_table.c.rank)
+            ).all()
+        return ImageRecord(
+            path=row.path,
+            size=row.size,
+            mtime_ns=row.mtime_ns,
+            hash=row.hash,
+            width=row.width,
+            height=row.height,
+            image_vector=_vector(row.image_vector),
+            caption_vector=_vector(row.caption_vector),
+            caption_ids=[c for c, _ in caps],
+            caption_scores=[s for _, s in caps],
+            id=row.id,
+        )
+
+    def vectors(self, column: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """All images' ids, paths and one vector column ('caption_vector' or 'image_vector')."""
+        t = images_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.id, t.c.path, t.c[column]).order_by(t.c.id)).all()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        if not rows:
+            return ids, [], np.zeros((0, 0), np.float32)
+        return ids, [r[1] for r in rows], np.stack([_vector(r[2]) for r in rows])
+
+    def paths(self, ids: Iterable[int]) -> dict[int, str]:
+        ids = [int(i) for i in ids]
+        t = images_table
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(t.c.id, t.c.path).where(t.c.id.in_(ids))).all())
+
+    def captions_of(self, ids: Iterable[int]) -> dict[int, list[tuple[int, float]]]:
+        """Each image's (caption id, match score) list, best first."""
+        ids = [int(i) for i in ids]
+        t = image_captions_table
+        out: dict[int, list[tuple[int, float]]] = {i: [] for i in ids}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.c.image_id, t.c.caption_id, t.c.score)
+                .where(t.c.image_id.in_(ids))
+                .order_by(t.c.image_id, t.c.rank)
+            ).all()
+        for image_id, caption_id, score in rows:
+            out[image_id].append((caption_id, score))
+        return out
+
+    def size_on_disk(self) -> int:
+        return sum(
+            os.path.getsize(p)
+            for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
+            if os.path.exists(p)
+        )
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API connection
+    cursor = dbapi_conn.cursor()
+    # WAL: readers never wait for the writer. busy_timeout: short waits instead of errors.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _upsert_meta(conn: sa.Connection, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        conn.execute(meta_table.delete().where(meta_table.c.key == key))
+        conn.execute(meta_table.insert().values(key=key, value=str(value)))

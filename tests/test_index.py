@@ -1,0 +1,191 @@
+"""Indexing through the Python API: incremental runs, moves, bad files, interrupts, locks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import imgsearch.models
+from imgsearch import ImgsearchError, Index
+from tests.conftest import sample, write_photos
+
+
+def make_index(root: Path, bank: Path, **kwargs) -> Index:
+    return Index.create(root, model="offline", captions=bank, **kwargs)
+
+
+def test_first_run_adds_every_image_and_stores_what_search_needs(photos: Path, small_bank: Path):
+    with make_index(photos, small_bank) as index:
+        summary = index.add()
+        assert (summary.added, summary.updated, summary.removed) == (8, 0, 0)
+        record = index.store.get(path="chelsea.jpg")
+        assert record is not None
+        assert record.image_vector.shape == (1280,)
+        assert record.caption_vector.shape == (384,)
+        assert len(record.caption_ids) == 10 and len(record.caption_scores) == 10
+        assert record.caption_scores == sorted(record.caption_scores, reverse=True)
+        # the mean caption vector is the mean of the stored captions' vectors
+        expected = index.bank.vectors[record.caption_ids].mean(axis=0)
+        np.testing.assert_allclose(record.caption_vector, expected, atol=1e-6)
+        assert (record.width, record.height) == sample("chelsea").size
+    db = photos / ".imgsearch" / "index.db"
+    assert db.is_file()
+    rows = sqlite3.connect(db).execute("select path from images order by path").fetchall()
+    assert [r[0] for r in rows] == sorted(p.name for p in photos.glob("*.jpg"))
+
+
+def test_rerun_with_nothing_changed_does_not_load_the_model(
+    photos: Path, small_bank: Path, monkeypatch: pytest.MonkeyPatch
+):
+    make_index(photos, small_bank).add()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(imgsearch.models, "load_model", no_model)
+    index = Index.create(photos)
+    summary = index.add()
+    assert (summary.added, summary.updated, summary.unchanged) == (0, 0, 8)
+    os.utime(photos / "coffee.jpg", ns=(1, 1))  # touched, content unchanged: hash says so
+    summary = index.add()
+    assert (summary.added, summary.updated, summary.unchanged) == (0, 0, 8)
+
+
+def test_changes_deletions_and_renames(photos: Path, small_bank: Path, monkeypatch):
+    index = make_index(photos, small_bank)
+    index.add()
+    chelsea_id = index.store.get(path="chelsea.jpg").id
+    (photos / "sub").mkdir()
+    (photos / "chelsea.jpg").rename(photos / "sub" / "cat.jpg")  # moved and renamed
+    (photos / "rocket.jpg").unlink()
+    (photos / "coffee.jpg").write_bytes((photos / "horse.jpg").read_bytes())  # new content
+    sample("coins").rotate(90).save(photos / "new.png")
+    loads = []
+    real = index.model
+    monkeypatch.setattr(type(index), "model", property(lambda self: loads.append(1) or real))
+    summary = index.add()
+    assert (summary.added, summary.updated, summary.moved, summary.removed) == (1, 1, 1, 1)
+    moved = index.store.get(path="sub/cat.jpg")
+    assert moved.id == chelsea_id  # the same row: not embedded again
+    assert index.store.get(path="chelsea.jpg") is None
+    assert index.store.get(path="rocket.jpg") is None
+    horse = index.store.get(path="horse.jpg")
+    np.testing.assert_allclose(
+        index.store.get(path="coffee.jpg").image_vector, horse.image_vector, atol=1e-5
+    )
+    assert index.store.count() == 8
+
+
+def test_bad_files_are_skipped_counted_and_remembered(photos: Path, small_bank: Path, monkeypatch):
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "text.png").write_text("hello")
+    (photos / "cut.jpg").write_bytes((photos / "coffee.jpg").read_bytes()[:5000])
+    index = make_index(photos, small_bank)
+    seen = []
+    summary = index.add(on_skip=seen.append)
+    assert summary.added == 8
+    reasons = {s.path: s.reason for s in summary.skipped}
+    assert set(reasons) == {"empty.jpg", "text.png", "cut.jpg"}
+    assert reasons["empty.jpg"] == "empty file" and reasons["text.png"] == "not an image"
+    assert [s.path for s in seen] == sorted(reasons, key=[s.path for s in seen].index)
+    assert index.store.count() == 8
+    # A second run does not decode them again, so it needs no model.
+    monkeypatch.setattr(type(index), "model", property(lambda self: pytest.fail("model loaded")))
+    again = index.add()
+    assert {s.path for s in again.skipped} == set(reasons) and again.added == 0
+
+
+def test_paths_are_relative_so_a_moved_library_still_works(tmp_path: Path, small_bank: Path):
+    library = tmp_path / "library"
+    write_photos(library, ["chelsea", "coffee", "rocket"])
+    make_index(library, small_bank).add()
+    moved = tmp_path / "elsewhere" / "lib"
+    moved.parent.mkdir()
+    library.rename(moved)
+    index = Index.open(moved / ".imgsearch" / "index.db")
+    assert index.root == moved.resolve()
+    hits = index.query(moved / "chelsea.jpg", k=5)
+    assert {Path(h.path).parent for h in hits} == {moved.resolve()}
+    assert index.add().unchanged == 3
+
+
+def test_model_mismatch_is_refused(photos: Path, small_bank: Path, tiny_clip: Path):
+    make_index(photos, small_bank).add()
+    with pytest.raises(ImgsearchError, match="made with model 'offline'"):
+        Index.create(photos, model=str(tiny_clip))
+    with pytest.raises(ImgsearchError, match="made with model 'offline'"):
+        Index.open(photos / ".imgsearch" / "index.db", model=str(tiny_clip))
+    assert Index.open(photos / ".imgsearch" / "index.db").store.count() == 8
+
+
+def test_a_second_writer_stops_with_a_clear_message(photos: Path, small_bank: Path):
+    index = make_index(photos, small_bank)
+    other = Index.create(photos)
+    with index.store.writer(), pytest.raises(ImgsearchError, match="another imgsearch process"):
+        other.add()
+    assert other.add().added == 8
+
+
+def _many_photos(folder: Path, count: int) -> None:
+    folder.mkdir()
+    base = [sample(n).resize((256, 256)) for n in ["chelsea", "coffee", "rocket", "astronaut"]]
+    for i in range(count):
+        image = base[i % 4].rotate(i * 7 % 360)
+        image.save(folder / f"img{i:03d}.jpg", quality=80)
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_leaves_a_consistent_index_and_the_next_run_goes_on(
+    tmp_path: Path, small_bank: Path, how: signal.Signals
+):
+    folder = tmp_path / "many"
+    _many_photos(folder, 240)
+    db = tmp_path / "index.db"
+    command = [
+        sys.executable, "-m", "imgsearch.cli", "index", str(folder), "--db", str(db),
+        "--model", "offline", "--captions", str(small_bank), "--batch-size", "4", "--workers", "1",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    count = 0
+    while time.time() < deadline and process.poll() is None:
+        if db.exists():
+            try:
+                count = sqlite3.connect(db).execute("select count(*) from images").fetchone()[0]
+            except sqlite3.Error:
+                count = 0
+            if count >= 8:
+                break
+        time.sleep(0.05)
+    assert process.poll() is None, "indexing ended before it could be interrupted"
+    process.send_signal(how)
+    _, err = process.communicate(timeout=60)
+    if how == signal.SIGINT:
+        assert process.returncode == 130
+        assert "interrupted" in err and "Traceback" not in err
+    else:
+        assert process.returncode == -signal.SIGKILL
+    conn = sqlite3.connect(db)
+    assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+    saved = conn.execute("select count(*) from images").fetchone()[0]
+    orphans = conn.execute(
+        "select count(*) from image_captions where image_id not in (select id from images)"
+    ).fetchone()[0]
+    per_image = conn.execute(
+        "select count(*) from (select image_id from image_captions group by image_id"
+        " having count(*) != 10)"
+    ).fetchone()[0]
+    conn.close()
+    assert 8 <= saved < 240 and orphans == 0 and per_image == 0
+    index = Index.open(db)
+    summary = index.add()
+    assert summary.unchanged == saved and summary.added == 240 - saved
+    assert index.store.count() == 240
