@@ -41,7 +41,7 @@ class OfflineModel(Model):
 
         self.device = device
         self.top_classes = top_classes
-        self.net = load_efficientnet_lite0().to(device).eval()
+        self.net = load_efficientnet_lite0(fuse=True).to(device).eval()
         text_dir = str(get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True)
         self.text_model = AutoModel.from_pretrained(text_dir, local_files_only=True)
