@@ -16,7 +16,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 SAMPLES = [
-    "chelsea", "coffee", "rocket", "astronaut", "camera", "coins", "horse", "hubble_deep_field"
+    "chelsea",
+    "coffee",
+    "rocket",
+    "astronaut",
+    "camera",
+    "coins",
+    "horse",
+    "hubble_deep_field",
 ]
 
 
@@ -60,12 +67,28 @@ def small_bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.write_text(
         "\n".join(
             [
-                "a photo of a cat", "a photo of a tabby cat", "a photo of a kitten",
-                "a photo of a dog", "a cup of coffee", "a photo of espresso", "a coffee mug",
-                "a rocket on a launch pad", "a space shuttle", "a missile", "an astronaut",
-                "a woman in a space suit", "a man with a camera", "a photographer",
-                "a pile of coins", "a horse", "a silhouette of a horse", "stars in the night sky",
-                "a galaxy", "a photo of a car", "a bowl of fruit", "a beach",
+                "a photo of a cat",
+                "a photo of a tabby cat",
+                "a photo of a kitten",
+                "a photo of a dog",
+                "a cup of coffee",
+                "a photo of espresso",
+                "a coffee mug",
+                "a rocket on a launch pad",
+                "a space shuttle",
+                "a missile",
+                "an astronaut",
+                "a woman in a space suit",
+                "a man with a camera",
+                "a photographer",
+                "a pile of coins",
+                "a horse",
+                "a silhouette of a horse",
+                "stars in the night sky",
+                "a galaxy",
+                "a photo of a car",
+                "a bowl of fruit",
+                "a beach",
             ]
         )
     )
@@ -100,13 +123,23 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     vocab = byte_vocab()
     config = CLIPConfig(
         text_config={
-            "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
-            "num_hidden_layers": 2, "vocab_size": len(vocab), "max_position_embeddings": 77,
-            "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": len(vocab),
+            "max_position_embeddings": 77,
+            "bos_token_id": 512,
+            "eos_token_id": 513,
+            "pad_token_id": 513,
         },
         vision_config={
-            "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
-            "num_hidden_layers": 2, "image_size": 32, "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 32,
+            "patch_size": 8,
         },
         projection_dim=16,
     )
@@ -123,8 +156,11 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
         json.dumps(
             {
                 "image_processor_type": "CLIPImageProcessor",
-                "do_resize": True, "size": {"shortest_edge": 32}, "resample": 3,
-                "do_center_crop": True, "crop_size": {"height": 32, "width": 32},
+                "do_resize": True,
+                "size": {"shortest_edge": 32},
+                "resample": 3,
+                "do_center_crop": True,
+                "crop_size": {"height": 32, "width": 32},
                 "do_normalize": True,
                 "image_mean": [0.48145466, 0.4578275, 0.40821073],
                 "image_std": [0.26862954, 0.26130258, 0.27577711],

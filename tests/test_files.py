@@ -30,8 +30,18 @@ def test_walk_finds_images_by_suffix_in_any_case_and_skips_the_rest(tmp_path: Pa
 
     found = sorted(f.path for f in walk(tmp_path))
     assert found == sorted(
-        ["a.jpg", "b.JPEG", "c.png", "d.WebP", "e.bmp", "f.gif", "g.TIF", "h.tiff",
-         "album.jpg/inside.png", "deep/er/z.jpg"]
+        [
+            "a.jpg",
+            "b.JPEG",
+            "c.png",
+            "d.WebP",
+            "e.bmp",
+            "f.gif",
+            "g.TIF",
+            "h.tiff",
+            "album.jpg/inside.png",
+            "deep/er/z.jpg",
+        ]
     )
 
 

@@ -150,8 +150,21 @@ def test_interrupted_run_leaves_a_consistent_index_and_the_next_run_goes_on(
     _many_photos(folder, 240)
     db = tmp_path / "index.db"
     command = [
-        sys.executable, "-m", "imgsearch.cli", "index", str(folder), "--db", str(db),
-        "--model", "offline", "--captions", str(small_bank), "--batch-size", "4", "--workers", "1",
+        sys.executable,
+        "-m",
+        "imgsearch.cli",
+        "index",
+        str(folder),
+        "--db",
+        str(db),
+        "--model",
+        "offline",
+        "--captions",
+        str(small_bank),
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
