@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -12,10 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from imgsearch import config
-from imgsearch.captions import CaptionBank, bank_digest, read_bank
+from imgsearch import config, relations
+from imgsearch.captions import PAPER, CaptionBank, CaptionSettings, bank_digest, read_bank
 from imgsearch.errors import ImgsearchError
-from imgsearch.evaluate import METHOD_COLUMNS, Evaluation, read_labels, retrieval_metrics
+from imgsearch.evaluate import Evaluation, read_labels, read_pairs
 from imgsearch.files import BadImage, decode
 from imgsearch.indexer import IndexSummary, Skipped, embed_files, plan
 from imgsearch.search import Caption, Hit, VectorIndex
@@ -105,7 +108,7 @@ class Index:
         db: str | os.PathLike | None = None,
         model: str | None = None,
         captions: str | os.PathLike | None = None,
-        top_n: int = config.TOP_N,
+        top_n: int | None = None,
         device: str | None = None,
         say: Callable[[str], None] | None = None,
     ) -> Index:
@@ -125,8 +128,11 @@ class Index:
                     say(f"index root moves from {index.root} to {root_path}")
                 index._set_root(root_path)
             return index
-        if top_n < 1:
-            raise ImgsearchError("--top-n must be at least 1")
+        settings = config.CAPTION_SETTINGS
+        if top_n is not None:
+            if top_n < 1:
+                raise ImgsearchError("--top-n must be at least 1")
+            settings = dataclasses.replace(settings, top_n=top_n)
         from imgsearch.models import load_model, pick_device
 
         loaded = load_model(model, pick_device(device), say)
@@ -139,11 +145,11 @@ class Index:
                 "model": loaded.name,
                 "captions": bank_name,
                 "captions_digest": bank_digest(texts),
-                "top_n": str(top_n),
+                "caption_settings": settings.to_json(),
+                "hybrid_alpha": str(config.HYBRID_ALPHA),
                 "root": os.path.relpath(root_path, path.parent.resolve()),
-                "tau.caption": str(config.default_tau(loaded.name, "caption")),
-                "tau.image": str(config.default_tau(loaded.name, "image")),
                 "created": str(time.time()),
+                **{f"tau.{m}": str(config.default_tau(loaded.name, m)) for m in config.METHODS},
             },
         )
         index = cls(store, device, loaded)
@@ -193,10 +199,20 @@ class Index:
         return self.meta["model"]
 
     @property
-    def top_n(self) -> int:
-        return int(self.meta["top_n"])
+    def settings(self) -> CaptionSettings:
+        return CaptionSettings.from_json(self.meta["caption_settings"])
 
-    def tau(self, method: str = "caption") -> float:
+    @property
+    def top_n(self) -> int:
+        return self.settings.top_n
+
+    @property
+    def hybrid_alpha(self) -> float:
+        return float(self.meta.get("hybrid_alpha", config.HYBRID_ALPHA))
+
+    def tau(self, method: str = config.DEFAULT_METHOD) -> float:
+        """The decision threshold recorded for ``method`` when this index was made."""
+        _check_method(method)
         return float(self.meta.get(f"tau.{method}", config.default_tau(self.model_name, method)))
 
     @property
@@ -244,7 +260,7 @@ class Index:
                     todo.embed,
                     self.model,
                     self.bank,
-                    self.top_n,
+                    self.settings,
                     self.store,
                     batch_size=batch_size,
                     workers=workers,
@@ -278,21 +294,6 @@ class Index:
         self._vectors.clear()
         return removed
 
-    def evaluate(self, labels: dict[str, str]) -> Evaluation:
-        """Leave-one-out retrieval over the labeled images, for each scoring method."""
-        report: Evaluation | None = None
-        for method, column in METHOD_COLUMNS.items():
-            _, paths, vectors = self.store.vectors(column)
-            rows = [i for i, p in enumerate(paths) if p in labels]
-            if len(rows) < 2:
-                raise ImgsearchError("fewer than two labeled images are indexed")
-            names = [labels[paths[i]] for i in rows]
-            if report is None:
-                report = Evaluation(images=len(rows), labels=len(set(names)))
-            report.methods[method] = retrieval_metrics(vectors[rows], names)
-        assert report is not None
-        return report
-
     # --- reading ------------------------------------------------------------
 
     def status(self) -> Status:
@@ -305,14 +306,12 @@ class Index:
             top_n=self.top_n,
             images=self.store.count(),
             size_bytes=self.store.size_on_disk(),
-            tau={m: self.tau(m) for m in ("caption", "image")},
+            tau={m: self.tau(m) for m in config.METHODS},
         )
 
     def captions(self, image: ImageInput) -> list[Caption]:
         """The image's top-N captions with match scores: what its similarity rests on."""
-        ids, scores, _ = self._describe(image)
-        texts = self.bank.texts
-        return [Caption(texts[i], float(s)) for i, s in zip(ids, scores)]
+        return self.describe(image).captions(self.bank.texts)
 
     def query(
         self,
@@ -320,22 +319,22 @@ class Index:
         k: int = config.DEFAULT_K,
         under: str | os.PathLike | None = None,
         explain: bool = False,
+        method: str = config.DEFAULT_METHOD,
     ) -> list[Hit]:
-        """Rank the collection by caption similarity to one image (or the average of several)."""
+        """Rank the collection by similarity to one image (or the average of several)."""
+        _check_method(method, config.VECTOR_METHODS)
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
         if not images:
             raise ImgsearchError("no query image given")
-        described = [self._describe(image) for image in images]
-        vector = np.mean([d[2] for d in described], axis=0)
-        exclude = set()
-        for image in images:
-            if not isinstance(image, Image.Image):
-                relative = self._relative(Path(image))
-                if relative is not None:
-                    exclude.update(self.store.ids_under(relative) if Path(image).is_file() else [])
-        query_captions = [c for d in described for c in d[0]]
-        return self._rank(vector, k, under, exclude, query_captions if explain else None)
+        described = [self.describe(image) for image in images]
+        vector = np.mean([self._method_vector(d, method) for d in described], axis=0)
+        exclude: set[int] = set()
+        for d in described:
+            if d.indexed_id is not None:
+                exclude.add(d.indexed_id)
+        query_captions = [c for d in described for c in d.caption_ids]
+        return self._rank(vector, k, under, exclude, query_captions if explain else None, method)
 
     def query_text(
         self,
@@ -344,15 +343,229 @@ class Index:
         under: str | os.PathLike | None = None,
         explain: bool = False,
     ) -> list[Hit]:
-        """Rank by the mean cosine between the text and each image's captions."""
+        """Rank by the cosine between the text and each image's caption vector."""
         if not text.strip():
             raise ImgsearchError("the query text is empty")
         vector = self.model.encode_texts([text])[0]
+        if self.settings.center:  # the caption vectors live in the centred space
+            vector = self.bank.center(vector)
         query_captions = None
         if explain:
             _, ids = self.bank.top(vector, self.top_n)
             query_captions = ids[0].tolist()
-        return self._rank(vector, k, under, set(), query_captions)
+        return self._rank(vector, k, under, set(), query_captions, "caption")
+
+    def compare(
+        self,
+        a: ImageInput,
+        b: ImageInput,
+        methods: Sequence[str] = config.METHODS,
+        tau: float | None = None,
+    ) -> Comparison:
+        """One pair under every scoring method, the verdict at each method's tau, and the
+        captions the two images share. ``tau`` overrides the default method's threshold."""
+        for method in methods:
+            _check_method(method)
+        first, second = self.describe(a), self.describe(b)
+        scores: dict[str, float] = {}
+        for method in methods:
+            if method in config.PIXEL_METHODS:
+                from imgsearch import baselines
+
+                measure = getattr(baselines, method)
+                scores[method] = float(measure(first.image(), second.image()))
+            else:
+                va = self._method_vector(first, method)
+                vb = self._method_vector(second, method)
+                scores[method] = float(va @ vb)
+        taus = {m: self.tau(m) for m in methods}
+        if tau is not None and config.DEFAULT_METHOD in taus:
+            taus[config.DEFAULT_METHOD] = tau
+        texts = self.bank.texts
+        shared_ids = [c for c in first.caption_ids if c in set(second.caption_ids)]
+        return Comparison(
+            a=first.label,
+            b=second.label,
+            scores=scores,
+            tau=taus,
+            similar={m: scores[m] >= taus[m] for m in methods},
+            shared=[texts[c] for c in shared_ids],
+            captions_a=first.captions(texts),
+            captions_b=second.captions(texts),
+        )
+
+    def evaluate(
+        self,
+        labels: dict[str, str],
+        pairs: list[tuple[str, str, bool]] | None = None,
+        methods: Sequence[str] = config.METHODS,
+        tau: float | None = None,
+    ) -> Evaluation:
+        """Leave-one-out retrieval and pair decisions over the labeled images, per method."""
+        from imgsearch.evaluate import evaluate_index
+
+        return evaluate_index(self, labels, pairs, methods, tau)
+
+    def method_vectors(self, method: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Every image's (id, path, vector) for a vector method: inner products are its scores."""
+        _check_method(method, config.VECTOR_METHODS)
+        ids, paths, captions = self.store.vectors("caption_vector")
+        if method == "caption":
+            return ids, paths, captions
+        _, _, images = self.store.vectors("image_vector")
+        if method == "image":
+            return ids, paths, images
+        if method == "hybrid":
+            return ids, paths, hybrid_vectors(captions, images, self.hybrid_alpha)
+        caption_ids, caption_scores = self.store.caption_lists(ids)
+        return ids, paths, self.bank.combine(caption_ids, caption_scores, PAPER)
+
+    def _method_vector(self, d: Description, method: str) -> np.ndarray:
+        if method == "caption":
+            return d.caption_vector
+        if method == "image":
+            return d.image_vector
+        if method == "hybrid":
+            return hybrid_vectors(d.caption_vector, d.image_vector, self.hybrid_alpha)
+        return self.bank.combine(np.array(d.caption_ids), np.array(d.caption_scores), PAPER)[0]
+
+    # --- relations between images -------------------------------------------
+
+    def graph(
+        self,
+        tau: float | None = None,
+        method: str = config.DEFAULT_METHOD,
+        k: int | None = config.GRAPH_K,
+        mutual: bool = config.GRAPH_MUTUAL,
+    ) -> Graph:
+        """The relationship graph: an edge wherever two images score at least tau.
+
+        By default only mutual nearest neighbours are linked (see config.GRAPH_K): in a
+        collection most pairs are unrelated, and a tau tuned for balanced pair decisions
+        alone would link far too much. ``k=None`` keeps every pair at or above tau.
+        """
+        _check_method(method, config.VECTOR_METHODS)
+        if k is not None and k < 1:
+            raise ImgsearchError("--k must be at least 1")
+        tau = self.tau(method) if tau is None else tau
+        ids, paths, vectors = self.method_vectors(method)
+        edges = relations.graph_edges(vectors, tau, k, mutual and k is not None)
+        groups = relations.components(len(ids), edges)
+        return Graph([str(self.root / p) for p in paths], edges, groups, method, tau, k, mutual)
+
+    def clusters(
+        self,
+        k: int | None = None,
+        tau: float | None = None,
+        method: str = config.DEFAULT_METHOD,
+    ) -> list[Cluster]:
+        """Groups of images, each named by the captions most common among its members.
+
+        With ``k``: k-means on the method's vectors (default: config.CLUSTERS_K). With
+        ``tau``: the connected components of the graph of all pairs at or above tau.
+        Every image is in exactly one cluster.
+        """
+        if k is not None and tau is not None:
+            raise ImgsearchError("give --k or --tau, not both")
+        _check_method(method, config.VECTOR_METHODS)
+        if tau is not None:
+            graph = self.graph(tau=tau, method=method, k=None)
+            groups, ids = graph.groups, self.store.vectors("caption_vector")[0]
+        else:
+            k = config.CLUSTERS_K if k is None else k
+            if k < 1:
+                raise ImgsearchError("--k must be at least 1")
+            ids, _, vectors = self.method_vectors(method)
+            if not len(ids):
+                raise ImgsearchError(f"the index at {self.store.path} has no images yet")
+            groups = relations.kmeans_clusters(vectors, k)
+        caption_ids, caption_scores = self.store.caption_lists(ids)
+        named = relations.name_clusters(
+            groups, caption_ids.tolist(), self.bank.texts, member_scores=caption_scores.tolist()
+        )
+        paths = self.store.paths(ids)
+        return [
+            Cluster(c.name, c.captions, [str(self.root / paths[int(ids[m])]) for m in c.members])
+            for c in named
+        ]
+
+    def duplicates(self, threshold: float | None = None) -> list[Duplicates]:
+        """Near-duplicate groups (resized, re-encoded, cropped, mirrored copies) by image
+        vectors, the one to keep (most pixels) first. Nothing on disk is touched."""
+        if threshold is None:
+            threshold = config.duplicate_threshold(self.model_name)
+        ids, paths, vectors = self.store.vectors("image_vector")
+        sizes = self.store.sizes(ids)
+        found = relations.duplicate_groups(vectors, threshold, sizes)
+        return [
+            Duplicates(
+                str(self.root / paths[g.keep]),
+                [str(self.root / paths[o]) for o in g.others],
+                g.score,
+            )
+            for g in found
+        ]
+
+    def move_duplicates(self, groups: list[Duplicates], folder: str | os.PathLike) -> list[Moved]:
+        """Move every group's ``others`` into ``folder`` (keeping their relative paths),
+        never overwriting a file, then bring the index up to date (moves need no model)."""
+        target = Path(folder).expanduser().resolve()
+        moved = []
+        for group in groups:
+            for other in group.others:
+                source = Path(other)
+                if not source.is_file():
+                    continue
+                destination = _free_path(target / source.relative_to(self.root))
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(source, destination)
+                moved.append(Moved(str(source), str(destination)))
+        if moved:
+            self.add()
+        return moved
+
+    def sets(
+        self,
+        query: str | os.PathLike,
+        k: int = config.DEFAULT_K,
+        method: str = config.SET_METHOD,
+        min_pair: float | None = None,
+        top_m: int | None = None,
+        score: str = config.DEFAULT_METHOD,
+    ) -> list[SetHit]:
+        """Rank the other items (sub-folders of the root, one per item) by how well their
+        images match the ``query`` item's, as sets: unordered, of any sizes."""
+        _check_method(score, config.VECTOR_METHODS)
+        if method not in (*relations.SET_METHODS, "mean"):
+            raise ImgsearchError(
+                f"unknown set method {method!r}: use {', '.join(relations.SET_METHODS)} or mean"
+            )
+        if k < 1:
+            raise ImgsearchError("-k must be at least 1")
+        item = self._relative(Path(query))
+        if item is None or not Path(query).is_dir() or "/" in item or not item:
+            raise ImgsearchError(f"{query} is not a folder directly inside {self.root}")
+        ids, paths, vectors = self.method_vectors(score)
+        items: dict[str, list[int]] = {}
+        for row, path in enumerate(paths):
+            if "/" in path:
+                items.setdefault(path.split("/", 1)[0], []).append(row)
+        if item not in items:
+            raise ImgsearchError(f"no indexed images in {query}")
+        mine = vectors[items.pop(item)]
+        hits = []
+        for name, rows in items.items():
+            theirs = vectors[rows]
+            try:
+                if method == "mean":
+                    value = relations.mean_set_similarity(mine, theirs)
+                else:
+                    value = relations.set_similarity(mine @ theirs.T, method, min_pair, top_m).score
+            except ValueError as exc:
+                raise ImgsearchError(f"{name}: {exc}") from None
+            hits.append(SetHit(str(self.root / name), float(value)))
+        hits.sort(key=lambda h: -h.score)
+        return hits[:k]
 
     def _rank(
         self,
@@ -361,6 +574,7 @@ class Index:
         under: str | os.PathLike | None,
         exclude: set[int],
         query_captions: list[int] | None,
+        method: str,
     ) -> list[Hit]:
         if k < 1:
             raise ImgsearchError("-k must be at least 1")
@@ -372,7 +586,7 @@ class Index:
             allowed = self.store.ids_under(relative)
             if not allowed:
                 raise ImgsearchError(f"nothing is indexed under {under}")
-        ranked = self._vector_index("caption_vector").search(vector, k, allowed, exclude)
+        ranked = self._vector_index(method).search(vector, k, allowed, exclude)
         paths = self.store.paths(i for i, _ in ranked)
         hits = [Hit(str(self.root / paths[i]), score) for i, score in ranked]
         if query_captions is not None and ranked:
@@ -385,19 +599,20 @@ class Index:
                 hit.shared = [self.bank.texts[c] for c in shared]
         return hits
 
-    def _vector_index(self, column: str) -> VectorIndex:
-        if column not in self._vectors:
-            ids, _, vectors = self.store.vectors(column)
+    def _vector_index(self, method: str) -> VectorIndex:
+        if method not in self._vectors:
+            ids, _, vectors = self.method_vectors(method)
             if not len(ids):
                 raise ImgsearchError(f"the index at {self.store.path} has no images yet")
-            self._vectors[column] = VectorIndex(ids, vectors)
-        return self._vectors[column]
+            self._vectors[method] = VectorIndex(ids, vectors)
+        return self._vectors[method]
 
-    def _describe(self, image: ImageInput) -> tuple[list[int], list[float], np.ndarray]:
-        """(caption ids, match scores, mean caption vector) of a query image.
+    def describe(self, image: ImageInput) -> Description:
+        """Everything the scoring methods need of one image.
 
         An indexed, unchanged file is read from the index: no model needed.
         """
+        path = None
         if not isinstance(image, Image.Image):
             path = Path(image).expanduser()
             if not path.exists():
@@ -409,15 +624,32 @@ class Index:
                 record = self.store.get(path=relative)
                 stat = path.stat()
                 if record and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
-                    return record.caption_ids, record.caption_scores, record.caption_vector
+                    return Description(
+                        record.caption_ids,
+                        record.caption_scores,
+                        record.caption_vector,
+                        record.image_vector,
+                        str(path.resolve()),
+                        path,
+                        record.id,
+                    )
             try:
                 image = decode(path).image
             except BadImage as exc:
                 raise ImgsearchError(f"{image}: {exc}") from None
         pixels = self.model.preprocess(image).unsqueeze(0)
         vectors = self.model.encode_images(pixels)
-        scores, ids = self.bank.top(vectors.text_space, self.top_n)
-        return ids[0].tolist(), scores[0].tolist(), self.bank.mean_vectors(ids)[0]
+        found = self.bank.describe(vectors.text_space, self.settings)
+        return Description(
+            found.ids[0].tolist(),
+            found.scores[0].tolist(),
+            found.vectors[0],
+            vectors.image[0],
+            str(path.resolve()) if path else "<image>",
+            path,
+            None,
+            image,
+        )
 
     def _relative(self, path: Path, must_exist: bool = True) -> str | None:
         """``path`` relative to the root in POSIX form, or None when it lies outside."""
@@ -430,19 +662,180 @@ class Index:
         return "" if relative == Path(".") else relative.as_posix()
 
 
+@dataclass
+class Graph:
+    """The relationship graph: nodes (absolute paths), edges (rows into ``nodes``, source
+    < target), and connected components as groups, largest first."""
+
+    nodes: list[str]
+    edges: list[relations.Edge]
+    groups: list[list[int]]
+    method: str
+    tau: float
+    k: int | None
+    mutual: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "tau": self.tau,
+            "k": self.k,
+            "mutual": self.mutual,
+            **relations.graph_dict(self.nodes, self.edges, self.groups),
+        }
+
+
+@dataclass
+class Cluster:
+    """A named group of images: ``name`` from its most shared ``captions``."""
+
+    name: str
+    captions: list[str]
+    members: list[str]
+
+
+@dataclass
+class Duplicates:
+    """Copies of one photo: ``keep`` (the most pixels) and the ``others``; ``score`` is the
+    lowest image cosine between ``keep`` and an other."""
+
+    keep: str
+    others: list[str]
+    score: float
+
+
+@dataclass
+class Moved:
+    source: str
+    destination: str
+
+
+@dataclass
+class SetHit:
+    """An item (a folder of images) and its set similarity to the query item."""
+
+    item: str
+    score: float
+
+
+@dataclass
+class Description:
+    """One image as the scoring methods see it."""
+
+    caption_ids: list[int]
+    caption_scores: list[float]
+    caption_vector: np.ndarray
+    image_vector: np.ndarray
+    label: str  # its absolute path, or "<image>"
+    path: Path | None = None
+    indexed_id: int | None = None
+    pixels: Image.Image | None = None
+
+    def captions(self, texts: list[str]) -> list[Caption]:
+        return [Caption(texts[i], float(s)) for i, s in zip(self.caption_ids, self.caption_scores)]
+
+    def image(self) -> Image.Image:
+        """The decoded image, for the pixel-based baselines."""
+        if self.pixels is None:
+            assert self.path is not None
+            try:
+                self.pixels = decode(self.path).image
+            except BadImage as exc:
+                raise ImgsearchError(f"{self.path}: {exc}") from None
+        return self.pixels
+
+
+@dataclass
+class Comparison:
+    """``imgsearch compare``: one pair under every method."""
+
+    a: str
+    b: str
+    scores: dict[str, float]
+    tau: dict[str, float]
+    similar: dict[str, bool]
+    shared: list[str]
+    captions_a: list[Caption]
+    captions_b: list[Caption]
+
+    def to_dict(self) -> dict:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "methods": {
+                m: {"score": round(s, 6), "tau": self.tau[m], "similar": self.similar[m]}
+                for m, s in self.scores.items()
+            },
+            "shared": self.shared,
+            "captions_a": [asdict(c) for c in self.captions_a],
+            "captions_b": [asdict(c) for c in self.captions_b],
+        }
+
+
+def hybrid_vectors(captions: np.ndarray, images: np.ndarray, alpha: float) -> np.ndarray:
+    """Rows whose inner products are alpha * caption score + (1 - alpha) * image score."""
+    parts = [np.sqrt(alpha) * captions, np.sqrt(1 - alpha) * images]
+    return np.concatenate(parts, axis=-1).astype(np.float32)
+
+
+def _free_path(path: Path) -> Path:
+    """``path``, or ``name-1.ext``, ``name-2.ext``... when it is taken: never overwrite."""
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate
+
+
+def _check_method(method: str, allowed: Sequence[str] = config.METHODS) -> None:
+    if method not in allowed:
+        raise ImgsearchError(f"unknown method {method!r}: use one of {', '.join(allowed)}")
+
+
 def evaluate_folder(
     folder: str | os.PathLike,
     db: str | os.PathLike | None = None,
     model: str | None = None,
     device: str | None = None,
+    methods: Sequence[str] = config.METHODS,
+    tau: float | None = None,
     say: Callable[[str], None] | None = None,
     progress: bool = False,
 ) -> Evaluation:
-    """Index a labeled folder (incrementally) and measure leave-one-out retrieval."""
+    """Index a labeled folder (incrementally), then measure every scoring method on it."""
     labels = read_labels(Path(folder))
+    pairs = read_pairs(Path(folder))
     with Index.create(folder, db, model, device=device, say=say) as index:
         index.add(
             progress=progress,
             on_skip=(lambda s: say(f"skipped {s.path}: {s.reason}")) if say else None,
         )
-        return index.evaluate(labels)
+        return index.evaluate(labels, pairs, methods, tau)
+
+
+def compare_images(
+    a: ImageInput,
+    b: ImageInput,
+    db: str | os.PathLike | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    methods: Sequence[str] = config.METHODS,
+    tau: float | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Compare two images with an index's model and bank; with no index, a throwaway one."""
+    if db is not None:
+        with Index.open(db, model=model, device=device) as index:
+            return index.compare(a, b, methods, tau)
+    try:
+        found = find_db()
+    except ImgsearchError:
+        found = None
+    if found is not None and model is None:
+        with Index.open(found, device=device) as index:
+            return index.compare(a, b, methods, tau)
+    with (
+        tempfile.TemporaryDirectory(prefix="imgsearch-") as folder,
+        Index.create(folder, model=model, device=device, say=say) as index,
+    ):
+        return index.compare(a, b, methods, tau)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,42 @@ def bank_digest(captions: list[str]) -> str:
     return hashlib.sha256("\n".join(captions).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class CaptionSettings:
+    """How an image's top-N captions become the one vector it is compared by.
+
+    The paper's method is the default of every field: the plain mean of the N
+    caption vectors, so that inner products are the N x N average cosine.
+    Weighting by match score and centering are the measured improvements
+    (benchmarks/tune_caption.py); every index records the settings it was made with.
+    """
+
+    top_n: int = 10
+    weighting: str = "none"  # "none" (the paper), "score", or "softmax" (of score / temperature)
+    temperature: float = 0.05
+    center: bool = False  # subtract the bank's mean caption vector (and renormalise) first
+    normalize: bool = False  # scale the result to unit length: cosine of the means
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CaptionSettings:
+        return cls(**json.loads(text))
+
+
+PAPER = CaptionSettings()
+
+
+@dataclass
+class Captioned:
+    """Images' top-N captions (ids, match scores, best first) and their caption vectors."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    vectors: np.ndarray
+
+
 @dataclass
 class CaptionBank:
     """Caption texts with their unit vectors, searchable by inner product."""
@@ -70,6 +107,40 @@ class CaptionBank:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         return self.index.search(queries, min(n, len(self.texts)))
 
-    def mean_vectors(self, ids: np.ndarray) -> np.ndarray:
-        """Mean caption vector per row of ids: its dot products are the paper's N x N averages."""
-        return self.vectors[np.atleast_2d(ids)].mean(axis=1)
+    def describe(self, text_space: np.ndarray, settings: CaptionSettings) -> Captioned:
+        """Find each image's top-N captions and combine them into its caption vector."""
+        scores, ids = self.top(text_space, settings.top_n)
+        return Captioned(ids, scores, self.combine(ids, scores, settings))
+
+    def combine(self, ids: np.ndarray, scores: np.ndarray, settings: CaptionSettings) -> np.ndarray:
+        """One vector per row of (ids, scores), as ``settings`` say; (B, N) in, (B, dim) out."""
+        ids = np.atleast_2d(ids)
+        scores = np.atleast_2d(np.asarray(scores, dtype=np.float32))[:, : ids.shape[1]]
+        vectors = self._centered()[ids] if settings.center else self.vectors[ids]
+        if settings.weighting == "none":
+            weights = np.full(ids.shape, 1.0 / ids.shape[1], dtype=np.float32)
+        elif settings.weighting == "score":
+            weights = np.maximum(scores, 1e-6)
+            weights = weights / weights.sum(axis=1, keepdims=True)
+        elif settings.weighting == "softmax":
+            logits = (scores - scores.max(axis=1, keepdims=True)) / settings.temperature
+            weights = np.exp(logits)
+            weights = weights / weights.sum(axis=1, keepdims=True)
+        else:
+            raise ValueError(f"unknown caption weighting {settings.weighting!r}")
+        combined = np.einsum("bn,bnd->bd", weights.astype(np.float32), vectors)
+        if settings.normalize:
+            combined = combined / np.maximum(np.linalg.norm(combined, axis=1, keepdims=True), 1e-12)
+        return combined.astype(np.float32)
+
+    def center(self, vector: np.ndarray) -> np.ndarray:
+        """A text vector moved into the centred caption space (for text queries)."""
+        centered = vector - self.vectors.mean(axis=0)
+        return (centered / max(float(np.linalg.norm(centered)), 1e-12)).astype(np.float32)
+
+    def _centered(self) -> np.ndarray:
+        if not hasattr(self, "_centered_vectors"):
+            centered = self.vectors - self.vectors.mean(axis=0, keepdims=True)
+            norms = np.maximum(np.linalg.norm(centered, axis=1, keepdims=True), 1e-12)
+            self._centered_vectors = (centered / norms).astype(np.float32)
+        return self._centered_vectors

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from imgsearch import config
+from imgsearch import config, relations
 from imgsearch.api import Index
 from imgsearch.errors import ImgsearchError
 
@@ -80,9 +80,7 @@ def main() -> None:
 @click.option(
     "--top-n",
     type=int,
-    default=config.TOP_N,
-    show_default=True,
-    help="Captions kept per image (new index only).",
+    help=f"Captions kept per image, new index only (default: {config.CAPTION_SETTINGS.top_n}).",
 )
 @click.option("--batch-size", type=int, default=config.BATCH_SIZE, show_default=True)
 @click.option("--workers", type=int, help="Decoding threads (default: one per core, at most 8).")
@@ -125,6 +123,13 @@ def index(
 @click.option("-k", "k", type=int, default=config.DEFAULT_K, show_default=True, help="Results.")
 @click.option("--under", type=click.Path(path_type=Path), help="Only results in this subfolder.")
 @click.option("--explain", is_flag=True, help="Show the captions each hit shares with the query.")
+@click.option(
+    "--method",
+    type=click.Choice(config.VECTOR_METHODS),
+    default=config.DEFAULT_METHOD,
+    show_default=True,
+    help="Scoring: caption space (tuned), the paper's caption average, image vectors, or a mix.",
+)
 @db_option
 @device_option
 @json_option
@@ -134,6 +139,7 @@ def query(
     k: int,
     under: Path | None,
     explain: bool,
+    method: str,
     db: Path | None,
     device: str,
     as_json: bool,
@@ -143,9 +149,11 @@ def query(
         raise ImgsearchError("give one or more query images, or --text (not both)")
     with Index.open(db, device=device) as ix:
         if text:
+            if method != config.DEFAULT_METHOD:
+                raise ImgsearchError("--text ranks by the caption score only; drop --method")
             hits = ix.query_text(text, k=k, under=under, explain=explain)
         else:
-            hits = ix.query(list(images), k=k, under=under, explain=explain)
+            hits = ix.query(list(images), k=k, under=under, explain=explain, method=method)
     if as_json:
         emit(
             [
@@ -210,30 +218,274 @@ def remove(path: Path, db: Path | None, as_json: bool) -> None:
         click.echo(f"removed {removed} image{'s' if removed != 1 else ''} from the index")
 
 
+methods_option = click.option(
+    "--methods",
+    default=",".join(config.METHODS),
+    show_default=True,
+    help="Comma-separated scoring methods to report.",
+)
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in config.METHODS]
+    if unknown or not methods:
+        raise ImgsearchError(
+            f"unknown method {', '.join(unknown) or '(none)'}: use {', '.join(config.METHODS)}"
+        )
+    return methods
+
+
 @main.command()
 @click.argument("folder", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @db_option
 @click.option("--model", help="Model for a new index (see 'index').")
+@methods_option
+@click.option(
+    "--tau",
+    type=float,
+    help="Threshold for the default method's pair decisions (default: the one the index records).",
+)
 @device_option
 @click.option("-q", "--quiet", is_flag=True)
 @json_option
 def evaluate(
-    folder: Path, db: Path | None, model: str | None, device: str, quiet: bool, as_json: bool
+    folder: Path,
+    db: Path | None,
+    model: str | None,
+    methods: str,
+    tau: float | None,
+    device: str,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
-    """Index FOLDER (with labels.csv: path,label) and report leave-one-out retrieval quality."""
+    """Index FOLDER (labels.csv: path,label; optional pairs.csv: path_a,path_b,same) and report
+    retrieval (leave-one-out mAP, P@k) and pair decisions (accuracy, AUC) for every method."""
     from imgsearch.api import evaluate_folder
 
     report = evaluate_folder(
-        folder, db=db, model=model, device=device, say=None if quiet else say, progress=not quiet
+        folder,
+        db=db,
+        model=model,
+        device=device,
+        methods=parse_methods(methods),
+        tau=tau,
+        say=None if quiet else say,
+        progress=not quiet,
     )
     if as_json:
         emit(report.to_dict())
+    else:
+        click.echo(report.table())
+
+
+@main.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@db_option
+@click.option("--model", help="Model when no index is found (default: as for 'index').")
+@methods_option
+@click.option("--tau", type=float, help="Threshold for the default method's verdict.")
+@device_option
+@json_option
+def compare(
+    a: Path,
+    b: Path,
+    db: Path | None,
+    model: str | None,
+    methods: str,
+    tau: float | None,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Score one pair of images under every method, with verdicts and shared captions.
+
+    Uses the index found from the current folder (or --db); with none, a throwaway one."""
+    from imgsearch.api import compare_images
+
+    result = compare_images(
+        a, b, db=db, model=model, device=device, methods=parse_methods(methods), tau=tau, say=say
+    )
+    if as_json:
+        emit(result.to_dict())
         return
-    click.echo(f"{report.images} images, {report.labels} labels (default method: {report.default})")
-    keys = list(next(iter(report.methods.values())))
-    click.echo(f"{'method':<12}" + "".join(f"{key:>9}" for key in keys))
-    for method, values in report.methods.items():
-        click.echo(f"{method:<12}" + "".join(f"{values[key]:>9.4f}" for key in keys))
+    click.echo(f"{'method':<12}{'score':>8}{'tau':>8}  verdict")
+    for method, score in result.scores.items():
+        verdict = "similar" if result.similar[method] else "not similar"
+        click.echo(f"{method:<12}{score:>8.4f}{result.tau[method]:>8.3f}  {verdict}")
+    click.echo(f"shared captions: {'; '.join(result.shared) if result.shared else '(none)'}")
+
+
+method_option = click.option(
+    "--method",
+    type=click.Choice(config.VECTOR_METHODS),
+    default=config.DEFAULT_METHOD,
+    show_default=True,
+    help="Which score relates images.",
+)
+
+
+@main.command()
+@click.option("--tau", type=float, help="Edge threshold (default: the index's tau for --method).")
+@method_option
+@click.option(
+    "--k",
+    "k",
+    type=int,
+    default=config.GRAPH_K,
+    show_default=True,
+    help="Link only each image's k nearest neighbours (0: every pair above tau).",
+)
+@click.option(
+    "--mutual/--no-mutual",
+    default=config.GRAPH_MUTUAL,
+    show_default=True,
+    help="With --k: only pairs that are in each other's k nearest.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "graphml", "csv"]),
+    default="json",
+    show_default=True,
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the graph to this file (default: stdout).",
+)
+@db_option
+def graph(
+    tau: float | None,
+    method: str,
+    k: int,
+    mutual: bool,
+    fmt: str,
+    output: Path | None,
+    db: Path | None,
+) -> None:
+    """The relationship graph: edges between images whose score is at least tau."""
+    with Index.open(db) as ix:
+        result = ix.graph(tau=tau, method=method, k=k or None, mutual=mutual)
+    target = output if output is not None else sys.stdout
+    if fmt == "graphml":
+        relations.write_graphml(target, result.nodes, result.edges, result.groups)
+    elif fmt == "csv":
+        relations.write_csv(target, result.nodes, result.edges)
+    elif output is not None:
+        output.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        emit(result.to_dict())
+    linked = sum(len(g) for g in result.groups if len(g) > 1)
+    say(
+        f"{len(result.edges)} edges, {len(result.groups)} groups, {linked} of "
+        f"{len(result.nodes)} images linked (tau {result.tau:g}, {result.method})"
+    )
+
+
+@main.command()
+@click.option("--k", "k", type=int, help=f"k-means clusters (default {config.CLUSTERS_K}).")
+@click.option("--tau", type=float, help="Instead of k-means: components of the tau graph.")
+@method_option
+@db_option
+@json_option
+def clusters(k: int | None, tau: float | None, method: str, db: Path | None, as_json: bool) -> None:
+    """Group the collection; each group is named by its members' most common captions."""
+    with Index.open(db) as ix:
+        found = ix.clusters(k=k, tau=tau, method=method)
+    if as_json:
+        emit([{"name": c.name, "captions": c.captions, "members": c.members} for c in found])
+        return
+    for cluster in found:
+        click.echo(f"{cluster.name} ({len(cluster.members)})")
+        for member in cluster.members:
+            click.echo(f"    {member}")
+
+
+@main.command()
+@click.option(
+    "--threshold",
+    type=float,
+    help="Image-vector cosine for copies (default: the model's calibrated value).",
+)
+@click.option(
+    "--move-to",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Move every copy but the one to keep into this folder.",
+)
+@db_option
+@json_option
+def duplicates(
+    threshold: float | None, move_to: Path | None, db: Path | None, as_json: bool
+) -> None:
+    """Find near-duplicate images; the one to keep (most pixels) comes first."""
+    with Index.open(db) as ix:
+        groups = ix.duplicates(threshold)
+        moved = ix.move_duplicates(groups, move_to) if move_to is not None else []
+    if as_json:
+        emit([{"keep": g.keep, "others": g.others, "score": round(g.score, 6)} for g in groups])
+    else:
+        for group in groups:
+            click.echo(f"keep   {group.keep}")
+            for other in group.others:
+                click.echo(f"  copy {other}")
+    for move in moved:
+        say(f"moved {move.source} -> {move.destination}")
+
+
+@main.command()
+@click.argument("root", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--query",
+    "query_item",
+    required=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="The item (a folder inside ROOT) to compare the others with.",
+)
+@click.option("-k", "k", type=int, default=config.DEFAULT_K, show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["hungarian", "greedy", "ordered", "mean"]),
+    default=config.SET_METHOD,
+    show_default=True,
+    help="How the two sets are matched.",
+)
+@click.option("--min-pair", type=float, help="Only matches scoring at least this count.")
+@click.option("--top-m", type=int, help="Average only the best m matches.")
+@click.option(
+    "--score",
+    type=click.Choice(config.VECTOR_METHODS),
+    default=config.DEFAULT_METHOD,
+    show_default=True,
+    help="Which image score the matching uses.",
+)
+@db_option
+@click.option("--model", help="Model for a new index (see 'index').")
+@click.option("-q", "--quiet", is_flag=True)
+@json_option
+def sets(
+    root: Path,
+    query_item: Path,
+    k: int,
+    method: str,
+    min_pair: float | None,
+    top_m: int | None,
+    score: str,
+    db: Path | None,
+    model: str | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Rank the items of ROOT (one folder of images per item) by set similarity to --query."""
+    with Index.create(root, db, model, say=None if quiet else say) as ix:
+        ix.add(progress=not quiet)
+        hits = ix.sets(query_item, k=k, method=method, min_pair=min_pair, top_m=top_m, score=score)
+    if as_json:
+        emit([{"item": h.item, "score": round(h.score, 6)} for h in hits])
+        return
+    for hit in hits:
+        click.echo(f"{hit.score:.4f}  {hit.item}")
 
 
 if __name__ == "__main__":  # pragma: no cover

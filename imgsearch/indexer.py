@@ -23,7 +23,7 @@ from imgsearch.storage import ImageRecord, Store
 if TYPE_CHECKING:
     import torch
 
-    from imgsearch.captions import CaptionBank
+    from imgsearch.captions import CaptionBank, CaptionSettings
     from imgsearch.models import Model
 
 
@@ -171,7 +171,7 @@ def embed_files(
     files: list[FileInfo],
     model: Model,
     bank: CaptionBank,
-    top_n: int,
+    settings: CaptionSettings,
     store: Store,
     batch_size: int = 32,
     workers: int | None = None,
@@ -192,8 +192,7 @@ def embed_files(
         if not batch:
             return
         vectors = model.encode_images(torch.stack([item.pixels for item in batch]))
-        scores, ids = bank.top(vectors.text_space, top_n)
-        means = bank.mean_vectors(ids)
+        captioned = bank.describe(vectors.text_space, settings)
         store.put_images(
             [
                 ImageRecord(
@@ -204,9 +203,9 @@ def embed_files(
                     width=item.width,
                     height=item.height,
                     image_vector=vectors.image[i],
-                    caption_vector=means[i],
-                    caption_ids=ids[i].tolist(),
-                    caption_scores=scores[i].tolist(),
+                    caption_vector=captioned.vectors[i],
+                    caption_ids=captioned.ids[i].tolist(),
+                    caption_scores=captioned.scores[i].tolist(),
                 )
                 for i, item in enumerate(batch)
             ]

@@ -398,6 +398,30 @@ class Store:
             out[image_id].append((caption_id, score))
         return out
 
+    def sizes(self, ids: np.ndarray) -> list[int]:
+        """Pixel counts (width x height) in the order of ``ids``."""
+        t = images_table
+        with self.engine.connect() as conn:
+            rows = dict(conn.execute(sa.select(t.c.id, t.c.width * t.c.height)).all())
+        return [int(rows[int(i)]) for i in ids]
+
+    def caption_lists(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(caption ids, match scores) as (len(ids), N) matrices, rows in the order of ``ids``."""
+        t = image_captions_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.c.image_id, t.c.caption_id, t.c.score).order_by(t.c.image_id, t.c.rank)
+            ).all()
+        lists: dict[int, tuple[list[int], list[float]]] = {}
+        for image_id, caption_id, score in rows:
+            entry = lists.setdefault(image_id, ([], []))
+            entry[0].append(caption_id)
+            entry[1].append(score)
+        width = min((len(lists[int(i)][0]) for i in ids), default=0)
+        caption_ids = np.array([lists[int(i)][0][:width] for i in ids], dtype=np.int64)
+        scores = np.array([lists[int(i)][1][:width] for i in ids], dtype=np.float32)
+        return caption_ids, scores
+
     def size_on_disk(self) -> int:
         return sum(
             os.path.getsize(p)

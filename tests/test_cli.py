@@ -182,3 +182,62 @@ def test_automatic_model_choice_says_why_on_stderr(photos: Path, small_bank: Pat
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["added"] == 8  # stdout carries only the result
     assert "using the offline model" in done.stderr and "HF_HUB_OFFLINE" in done.stderr
+
+
+def test_compare_scores_a_pair_under_every_method(indexed: Path, tmp_path: Path) -> None:
+    crop = tmp_path / "crop.jpg"
+    sample("chelsea").crop((50, 20, 350, 280)).save(crop)
+    result = run("compare", str(indexed / "chelsea.jpg"), str(crop), "--json", cwd=indexed)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert list(report["methods"]) == ["caption", "caption_avg", "image", "hybrid", "ssim", "fsim"]
+    for values in report["methods"].values():
+        assert values["similar"] == (values["score"] >= values["tau"])
+    assert report["methods"]["image"]["score"] > 0.8  # a crop of the same photo
+    assert report["shared"] and all(
+        s in [c["text"] for c in report["captions_a"]] for s in report["shared"]
+    )
+    far = run(
+        "compare", str(indexed / "chelsea.jpg"), str(indexed / "coffee.jpg"), "--json", cwd=indexed
+    )
+    assert json.loads(far.stdout)["methods"]["image"]["score"] < report["methods"]["image"]["score"]
+    text = run(
+        "compare",
+        str(indexed / "chelsea.jpg"),
+        str(crop),
+        "--methods",
+        "caption,ssim",
+        "--tau",
+        "0.01",
+        cwd=indexed,
+    )
+    assert "caption" in text.stdout and "similar" in text.stdout and "fsim" not in text.stdout
+
+
+def test_compare_without_an_index_uses_a_throwaway_one(tmp_path: Path) -> None:
+    sample("coffee").save(tmp_path / "a.jpg")
+    sample("coffee").rotate(3).save(tmp_path / "b.jpg")
+    result = run(
+        "compare",
+        "a.jpg",
+        "b.jpg",
+        "--methods",
+        "caption,image",
+        "--model",
+        "offline",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["methods"]["caption"]["similar"] is True
+    assert not (tmp_path / ".imgsearch").exists()
+
+
+def test_query_by_method(indexed: Path) -> None:
+    for method in ["caption", "caption_avg", "image", "hybrid"]:
+        result = run(
+            "query", str(indexed / "chelsea.jpg"), "--method", method, "--json", cwd=indexed
+        )
+        assert result.exit_code == 0 and len(json.loads(result.stdout)) == 7
+    bad = run("query", "--text", "cat", "--method", "image", cwd=indexed)
+    assert bad.exit_code == 1 and "caption score only" in bad.stderr

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import ImageEnhance, ImageOps
 
 from imgsearch.cli import main
-from imgsearch.evaluate import retrieval_metrics
+from imgsearch.evaluate import pair_metrics, retrieval_metrics, roc_auc, sample_pairs
 from tests.conftest import sample
 
 
@@ -26,6 +26,29 @@ def test_metrics_by_hand() -> None:
     #                 3->0 0, 3->1 .8, 3->2 .86   | 2: AP 1, P@1 1
     assert metrics["map"] == pytest.approx((1 + 1 / 3 + 1 / 2 + 1) / 4, abs=1e-4)
     assert metrics["p@1"] == pytest.approx(0.5)
+
+
+def test_pair_metrics_by_hand() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3])
+    same = np.array([True, True, False, True, False, False])
+    metrics = pair_metrics(scores, same, tau=0.75)
+    assert metrics["pair_accuracy"] == pytest.approx(5 / 6, abs=1e-4)  # 0.6 is missed
+    # Best cut: between 0.6 and 0.4 (everything above is "same"): 5 of 6 right, like 0.75.
+    assert metrics["pair_accuracy_best"] == pytest.approx(5 / 6, abs=1e-4)
+    assert metrics["best_threshold"] in (pytest.approx(0.75), pytest.approx(0.5))
+    # AUC: of 9 (positive, negative) pairs, only (0.6 vs 0.7) is ordered wrongly.
+    assert metrics["auc"] == pytest.approx(8 / 9, abs=1e-4)
+    assert roc_auc(np.array([1.0, 1.0]), np.array([True, False])) == 0.5  # ties count half
+
+
+def test_sampled_pairs_are_balanced_and_reproducible() -> None:
+    labels = {f"{c}{i}.jpg": c for c in "abcd" for i in range(10)}
+    pairs = sample_pairs(labels, count=50)
+    assert pairs == sample_pairs(labels, count=50)
+    same = [p for p in pairs if p[2]]
+    assert len(same) == 50 and len(pairs) == 100
+    assert all((labels[a] == labels[b]) == s for a, b, s in pairs)
+    assert len(set(pairs)) == 100
 
 
 def _labeled_folder(root: Path) -> Path:
@@ -55,15 +78,35 @@ def test_evaluate_reports_map_and_precision_per_method(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["images"] == 12 and report["labels"] == 3 and report["default"] == "caption"
-    assert set(report["methods"]) >= {"caption", "image"}
-    for values in report["methods"].values():
-        assert set(values) >= {"map", "p@10"}
+    assert report["pairs"] == 18 + 48  # no pairs.csv: every same pair, 48 different ones
+    methods = report["methods"]
+    assert list(methods) == ["caption", "caption_avg", "image", "hybrid", "ssim", "fsim"]
+    pair_keys = {"pair_accuracy", "pair_accuracy_best", "threshold", "best_threshold", "auc"}
+    for name, values in methods.items():
+        retrieval = {"map", "p@1", "p@5", "p@10"} if name not in ("ssim", "fsim") else set()
+        assert set(values) == pair_keys | retrieval
+        assert 0 <= values["pair_accuracy"] <= values["pair_accuracy_best"] <= 1
     # Variants of one photo are easy: the caption method must find them.
-    assert report["methods"]["caption"]["map"] > 0.9
-    assert report["methods"]["caption"]["p@1"] == 1.0
+    assert methods["caption"]["map"] > 0.9 and methods["caption"]["p@1"] == 1.0
+    assert methods["caption"]["auc"] > 0.9
+    assert methods["ssim"]["threshold"] == 0.7  # the recorded tau, not the best one
     assert (folder / ".imgsearch" / "index.db").is_file()
-    text = runner.invoke(main, ["evaluate", str(folder), "-q"])
-    assert "12 images, 3 labels" in text.stdout and "caption" in text.stdout
+    text = runner.invoke(main, ["evaluate", str(folder), "-q", "--methods", "caption,image"])
+    assert "12 images, 3 labels, 66 pairs" in text.stdout
+    assert "caption" in text.stdout and "fsim" not in text.stdout
+
+
+def test_evaluate_reads_pairs_csv_and_tau_override(tmp_path: Path) -> None:
+    folder = _labeled_folder(tmp_path / "labeled")
+    (folder / "pairs.csv").write_text(
+        "path_a,path_b,same\nchelsea/0.jpg,chelsea/1.jpg,1\nchelsea/0.jpg,coffee/1.jpg,0\n"
+    )
+    args = ["evaluate", str(folder), "--model", "offline", "--json", "-q", "--methods", "caption"]
+    report = json.loads(CliRunner().invoke(main, [*args, "--tau", "2"]).stdout)
+    assert report["pairs"] == 2
+    assert report["methods"]["caption"]["threshold"] == 2
+    assert report["methods"]["caption"]["pair_accuracy"] == 0.5  # nothing reaches tau 2
+    assert report["methods"]["caption"]["pair_accuracy_best"] == 1.0
 
 
 def test_evaluate_without_labels_says_so(tmp_path: Path) -> None:
