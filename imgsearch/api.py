@@ -801,11 +801,12 @@ def evaluate_folder(
     tau: float | None = None,
     say: Callable[[str], None] | None = None,
     progress: bool = False,
+    captions: str | os.PathLike | None = None,
 ) -> Evaluation:
     """Index a labeled folder (incrementally), then measure every scoring method on it."""
     labels = read_labels(Path(folder))
     pairs = read_pairs(Path(folder))
-    with Index.create(folder, db, model, device=device, say=say) as index:
+    with Index.create(folder, db, model, captions, device=device, say=say) as index:
         index.add(
             progress=progress,
             on_skip=(lambda s: say(f"skipped {s.path}: {s.reason}")) if say else None,

@@ -19,6 +19,11 @@ db_option = click.option(
     help="Index database (default: FOLDER/.imgsearch/index.db, or found from the current folder).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+captions_option = click.option(
+    "--captions",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Caption bank for a new index: a text file, one caption a line (default: packaged).",
+)
 device_option = click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda", "mps"]),
@@ -71,12 +76,7 @@ def main() -> None:
     help="CLIP checkpoint id or folder, or 'offline' (default: CLIP if it "
     "can be loaded, else offline; an existing index keeps its own).",
 )
-@click.option(
-    "--captions",
-    "captions",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Caption bank: a text file, one caption a line (default: the packaged bank).",
-)
+@captions_option
 @click.option(
     "--top-n",
     type=int,
@@ -240,6 +240,7 @@ def parse_methods(text: str) -> list[str]:
 @click.argument("folder", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @db_option
 @click.option("--model", help="Model for a new index (see 'index').")
+@captions_option
 @methods_option
 @click.option(
     "--tau",
@@ -253,6 +254,7 @@ def evaluate(
     folder: Path,
     db: Path | None,
     model: str | None,
+    captions: Path | None,
     methods: str,
     tau: float | None,
     device: str,
@@ -267,6 +269,7 @@ def evaluate(
         folder,
         db=db,
         model=model,
+        captions=captions,
         device=device,
         methods=parse_methods(methods),
         tau=tau,
@@ -462,6 +465,7 @@ def duplicates(
 )
 @db_option
 @click.option("--model", help="Model for a new index (see 'index').")
+@captions_option
 @click.option("-q", "--quiet", is_flag=True)
 @json_option
 def sets(
@@ -474,11 +478,12 @@ def sets(
     score: str,
     db: Path | None,
     model: str | None,
+    captions: Path | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Rank the items of ROOT (one folder of images per item) by set similarity to --query."""
-    with Index.create(root, db, model, say=None if quiet else say) as ix:
+    with Index.create(root, db, model, captions, say=None if quiet else say) as ix:
         ix.add(progress=not quiet)
         hits = ix.sets(query_item, k=k, method=method, min_pair=min_pair, top_m=top_m, score=score)
     if as_json:

@@ -1,0 +1,144 @@
+"""Graph, clusters, duplicates and sets through the command line, on real photos."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import ImageOps
+
+from imgsearch import Index
+from imgsearch.cli import main
+from tests.conftest import sample, write_photos
+from tests.test_cli import run
+
+
+@pytest.fixture
+def library(tmp_path: Path, small_bank: Path) -> Path:
+    root = tmp_path / "library"
+    write_photos(root)
+    cat = sample("chelsea")
+    cat.save(root / "chelsea-copy.png")  # the same photo, re-encoded
+    cat.resize((cat.width // 2, cat.height // 2)).save(root / "chelsea-small.jpg", quality=70)
+    done = run("index", str(root), "--model", "offline", "--captions", str(small_bank), "-q")
+    assert done.exit_code == 0, done.output
+    return root
+
+
+def test_graph_formats_agree(library: Path, tmp_path: Path) -> None:
+    every = json.loads(run("graph", "--k", "0", "--tau", "-1", cwd=library).stdout)
+    assert len(every["edges"]) == 10 * 9 // 2  # every pair clears tau -1
+    scores = sorted(e["score"] for e in every["edges"])
+    tau = round((scores[29] + scores[30]) / 2, 6)  # between two scores: exactly 15 edges
+    assert scores[30] - scores[29] > 1e-5
+    as_json = json.loads(run("graph", "--k", "0", "--tau", str(tau), cwd=library).stdout)
+    edges = {(e["source"], e["target"]) for e in as_json["edges"]}
+    assert len(edges) == 45 - 30 and all(e["score"] >= tau for e in as_json["edges"])
+    assert as_json["tau"] == tau and as_json["method"] == "caption"
+    assert sorted(p for g in as_json["groups"] for p in g) == sorted(as_json["nodes"])
+    copies = {str(library / "chelsea.jpg"), str(library / "chelsea-copy.png")}
+    assert any({a, b} == copies for a, b in edges)
+    text = run("graph", "--k", "0", "--tau", str(tau), "--format", "csv", cwd=library).stdout
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["source", "target", "score"]
+    assert {(r[0], r[1]) for r in rows[1:]} == edges
+    out = tmp_path / "graph.graphml"
+    done = run(
+        "graph", "--k", "0", "--tau", str(tau), "--format", "graphml", "-o", str(out), cwd=library
+    )
+    assert done.exit_code == 0 and done.stdout == ""
+    ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
+    tree = ET.parse(out)
+    assert len(tree.findall(".//g:edge", ns)) == len(edges)
+    assert len(tree.findall(".//g:node", ns)) == len(as_json["nodes"])
+
+
+def test_default_graph_links_mutual_neighbours_only(library: Path) -> None:
+    everything = json.loads(run("graph", "--k", "0", "--tau", "0", cwd=library).stdout)
+    default = json.loads(run("graph", "--tau", "0", cwd=library).stdout)
+    assert default["k"] == 5 and default["mutual"] is True
+    assert 0 < len(default["edges"]) < len(everything["edges"])
+
+
+def test_clusters_cover_every_image_once(library: Path) -> None:
+    for args in (["--k", "3"], ["--tau", "0.4"], ["--tau", "0.4", "--method", "image"]):
+        result = run("clusters", *args, "--json", cwd=library)
+        assert result.exit_code == 0, result.output
+        found = json.loads(result.stdout)
+        members = [m for c in found for m in c["members"]]
+        assert len(members) == len(set(members)) == 10
+        assert all(c["name"] and c["captions"] for c in found)
+    by_k = json.loads(run("clusters", "--k", "3", "--json", cwd=library).stdout)
+    assert len(by_k) == 3
+    cat = next(c for c in by_k if str(library / "chelsea.jpg") in c["members"])
+    assert str(library / "chelsea-copy.png") in cat["members"] and "cat" in cat["name"]
+    both = run("clusters", "--k", "3", "--tau", "0.5", cwd=library)
+    assert both.exit_code == 1 and "not both" in both.stderr
+
+
+def test_duplicates_keep_the_largest_and_move_only_when_asked(library: Path, tmp_path: Path):
+    found = json.loads(run("duplicates", "--json", cwd=library).stdout)
+    assert len(found) == 1
+    group = found[0]
+    assert group["keep"] == str(library / "chelsea.jpg") or group["keep"] == str(
+        library / "chelsea-copy.png"
+    )  # same size: the lower row is kept
+    assert str(library / "chelsea-small.jpg") in group["others"]
+    assert all(Path(p).exists() for p in [group["keep"], *group["others"]])
+    trash = tmp_path / "trash"
+    moved = run("duplicates", "--move-to", str(trash), cwd=library)
+    assert moved.exit_code == 0 and "moved" in moved.stderr
+    assert Path(group["keep"]).exists()
+    assert not any(Path(p).exists() for p in group["others"])
+    assert sorted(p.name for p in trash.iterdir()) == sorted(Path(p).name for p in group["others"])
+    assert json.loads(run("duplicates", "--json", cwd=library).stdout) == []
+    assert Index.open(library / ".imgsearch" / "index.db").store.count() == 8
+
+
+def test_sets_rank_items_by_set_similarity(tmp_path: Path, small_bank: Path) -> None:
+    root = tmp_path / "items"
+    views = {
+        "cat_a": [sample("chelsea"), ImageOps.mirror(sample("chelsea"))],
+        "cat_b": [
+            sample("chelsea").rotate(5),
+            sample("chelsea").crop((40, 30, 400, 300)),
+            ImageOps.grayscale(sample("chelsea")).convert("RGB"),
+        ],
+        "coffee": [sample("coffee"), ImageOps.mirror(sample("coffee"))],
+        "space": [sample("rocket"), sample("astronaut")],
+    }
+    for item, images in views.items():
+        (root / item).mkdir(parents=True)
+        for i, image in enumerate(images):
+            image.save(root / item / f"{i}.jpg")
+    runner = CliRunner()
+    args = [
+        "sets",
+        str(root),
+        "--query",
+        str(root / "cat_a"),
+        "--captions",
+        str(small_bank),
+        "--model",
+        "offline",
+        "-q",
+        "--json",
+    ]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    ranked = json.loads(result.stdout)
+    assert [Path(h["item"]).name for h in ranked][0] == "cat_b"
+    assert len(ranked) == 3 and ranked == sorted(ranked, key=lambda h: -h["score"])
+    for method in ["greedy", "mean"]:
+        other = json.loads(runner.invoke(main, [*args, "--method", method]).stdout)
+        assert Path(other[0]["item"]).name == "cat_b"
+    ordered = runner.invoke(main, [*args, "--method", "ordered"])
+    assert ordered.exit_code == 1 and "same size" in ordered.stderr
+    top1 = json.loads(runner.invoke(main, [*args, "--top-m", "1"]).stdout)
+    assert top1[0]["score"] >= ranked[0]["score"]
+    assert runner.invoke(main, [*args[:3], str(root / "nope"), *args[4:]]).exit_code == 2
