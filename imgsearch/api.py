@@ -16,7 +16,14 @@ import numpy as np
 from PIL import Image
 
 from imgsearch import config, relations
-from imgsearch.captions import PAPER, CaptionBank, CaptionSettings, bank_digest, read_bank
+from imgsearch.captions import (
+    PAPER,
+    CaptionBank,
+    CaptionSettings,
+    bank_digest,
+    centered,
+    read_bank,
+)
 from imgsearch.errors import ImgsearchError
 from imgsearch.evaluate import Evaluation, read_labels, read_pairs
 from imgsearch.files import BadImage, decode
@@ -80,7 +87,7 @@ class Index:
         self.device = device
         self._model = model
         self._bank: CaptionBank | None = None
-        self._vectors: dict[str, VectorIndex] = {}
+        self._vectors: dict = {}  # per-method search indexes and the caption mean, until changes
         self.meta = store.meta()
         if "model" not in self.meta:
             raise ImgsearchError(f"{store.path} is not a complete imgsearch index")
@@ -150,6 +157,7 @@ class Index:
                 "root": os.path.relpath(root_path, path.parent.resolve()),
                 "created": str(time.time()),
                 **{f"tau.{m}": str(config.default_tau(loaded.name, m)) for m in config.METHODS},
+                "tau.graph": str(config.default_graph_tau(loaded.name)),
             },
         )
         index = cls(store, device, loaded)
@@ -213,6 +221,8 @@ class Index:
     def tau(self, method: str = config.DEFAULT_METHOD) -> float:
         """The decision threshold recorded for ``method`` when this index was made."""
         _check_method(method)
+        if method == "caption" and self.settings.center_collection and not self.store.count():
+            return config.TAU_UNCENTERED[config.model_family(self.model_name)]
         return float(self.meta.get(f"tau.{method}", config.default_tau(self.model_name, method)))
 
     @property
@@ -346,12 +356,11 @@ class Index:
         """Rank by the cosine between the text and each image's caption vector."""
         if not text.strip():
             raise ImgsearchError("the query text is empty")
-        vector = self.model.encode_texts([text])[0]
-        if self.settings.center:  # the caption vectors live in the centred space
-            vector = self.bank.center(vector)
+        text_vector = self.model.encode_texts([text])[0]
+        vector = centered(text_vector, self.caption_mean())
         query_captions = None
         if explain:
-            _, ids = self.bank.top(vector, self.top_n)
+            _, ids = self.bank.top(text_vector, self.top_n)
             query_captions = ids[0].tolist()
         return self._rank(vector, k, under, set(), query_captions, "caption")
 
@@ -409,24 +418,52 @@ class Index:
     def method_vectors(self, method: str) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Every image's (id, path, vector) for a vector method: inner products are its scores."""
         _check_method(method, config.VECTOR_METHODS)
-        ids, paths, captions = self.store.vectors("caption_vector")
+        ids, paths, stored = self.store.vectors("caption_vector")
+        if not len(ids):
+            raise ImgsearchError(f"the index at {self.store.path} has no images yet")
+        captions = centered(stored, self.caption_mean())
         if method == "caption":
             return ids, paths, captions
         _, _, images = self.store.vectors("image_vector")
         if method == "image":
             return ids, paths, images
         if method == "hybrid":
+            images = centered(images, self.image_mean())
             return ids, paths, hybrid_vectors(captions, images, self.hybrid_alpha)
         caption_ids, caption_scores = self.store.caption_lists(ids)
         return ids, paths, self.bank.combine(caption_ids, caption_scores, PAPER)
 
+    def graph_tau(self) -> float:
+        return float(self.meta.get("tau.graph", config.default_graph_tau(self.model_name)))
+
+    def caption_mean(self) -> np.ndarray | None:
+        """The collection's mean caption vector, which caption scores are centred on: None
+        when the index's settings don't centre; zero while it has no images (the score is
+        then the plain cosine, judged by its own tau)."""
+        if not self.settings.center_collection:
+            return None
+        if "caption_mean" not in self._vectors:
+            _, _, stored = self.store.vectors("caption_vector")
+            mean = stored.mean(axis=0) if len(stored) else np.zeros(len(self.bank.vectors[0]))
+            self._vectors["caption_mean"] = mean.astype(np.float32)
+        return self._vectors["caption_mean"]
+
+    def image_mean(self) -> np.ndarray | float:
+        """The collection's mean image vector: the hybrid centres its image half on it too."""
+        if "image_mean" not in self._vectors:
+            _, _, stored = self.store.vectors("image_vector")
+            self._vectors["image_mean"] = stored.mean(axis=0) if len(stored) else 0.0
+        return self._vectors["image_mean"]
+
     def _method_vector(self, d: Description, method: str) -> np.ndarray:
+        caption = centered(d.caption_vector, self.caption_mean())
         if method == "caption":
-            return d.caption_vector
+            return caption
         if method == "image":
             return d.image_vector
         if method == "hybrid":
-            return hybrid_vectors(d.caption_vector, d.image_vector, self.hybrid_alpha)
+            image = centered(d.image_vector, self.image_mean())
+            return hybrid_vectors(caption, image, self.hybrid_alpha)
         return self.bank.combine(np.array(d.caption_ids), np.array(d.caption_scores), PAPER)[0]
 
     # --- relations between images -------------------------------------------
@@ -434,19 +471,25 @@ class Index:
     def graph(
         self,
         tau: float | None = None,
-        method: str = config.DEFAULT_METHOD,
+        method: str | None = None,
         k: int | None = config.GRAPH_K,
         mutual: bool = config.GRAPH_MUTUAL,
     ) -> Graph:
         """The relationship graph: an edge wherever two images score at least tau.
 
-        By default only mutual nearest neighbours are linked (see config.GRAPH_K): in a
-        collection most pairs are unrelated, and a tau tuned for balanced pair decisions
-        alone would link far too much. ``k=None`` keeps every pair at or above tau.
+        The defaults are the graph's own (config.GRAPH_*): in a collection most pairs are
+        unrelated, so a tau tuned for balanced pair decisions would link far too much; the
+        graph links mutual nearest neighbours by the hybrid score above a stricter tau.
+        With ``method`` and no ``tau``, that method's recorded tau applies.
+        ``k=None`` keeps every pair at or above tau.
         """
-        _check_method(method, config.VECTOR_METHODS)
         if k is not None and k < 1:
             raise ImgsearchError("--k must be at least 1")
+        if method is None:
+            method = config.GRAPH_METHOD
+            if tau is None:
+                tau = self.graph_tau()
+        _check_method(method, config.VECTOR_METHODS)
         tau = self.tau(method) if tau is None else tau
         ids, paths, vectors = self.method_vectors(method)
         edges = relations.graph_edges(vectors, tau, k, mutual and k is not None)
@@ -462,22 +505,20 @@ class Index:
         """Groups of images, each named by the captions most common among its members.
 
         With ``k``: k-means on the method's vectors (default: config.CLUSTERS_K). With
-        ``tau``: the connected components of the graph of all pairs at or above tau.
-        Every image is in exactly one cluster.
+        ``tau``: the connected components of the relationship graph at tau (see ``graph``;
+        an image with no edge is a cluster of one). Every image is in exactly one cluster.
         """
         if k is not None and tau is not None:
             raise ImgsearchError("give --k or --tau, not both")
         _check_method(method, config.VECTOR_METHODS)
         if tau is not None:
-            graph = self.graph(tau=tau, method=method, k=None)
+            graph = self.graph(tau=tau, method=method)
             groups, ids = graph.groups, self.store.vectors("caption_vector")[0]
         else:
             k = config.CLUSTERS_K if k is None else k
             if k < 1:
                 raise ImgsearchError("--k must be at least 1")
             ids, _, vectors = self.method_vectors(method)
-            if not len(ids):
-                raise ImgsearchError(f"the index at {self.store.path} has no images yet")
             groups = relations.kmeans_clusters(vectors, k)
         caption_ids, caption_scores = self.store.caption_lists(ids)
         named = relations.name_clusters(
@@ -602,8 +643,6 @@ class Index:
     def _vector_index(self, method: str) -> VectorIndex:
         if method not in self._vectors:
             ids, _, vectors = self.method_vectors(method)
-            if not len(ids):
-                raise ImgsearchError(f"the index at {self.store.path} has no images yet")
             self._vectors[method] = VectorIndex(ids, vectors)
         return self._vectors[method]
 

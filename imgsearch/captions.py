@@ -50,19 +50,21 @@ def bank_digest(captions: list[str]) -> str:
 
 @dataclass(frozen=True)
 class CaptionSettings:
-    """How an image's top-N captions become the one vector it is compared by.
+    """How an image's top-N captions become the vector it is compared by.
 
-    The paper's method is the default of every field: the plain mean of the N
-    caption vectors, so that inner products are the N x N average cosine.
-    Weighting by match score and centering are the measured improvements
-    (benchmarks/tune_caption.py); every index records the settings it was made with.
+    The defaults of the fields are the paper's method: the plain mean of the N caption
+    vectors, whose inner products are the N x N average cosine. The package's defaults
+    (config.CAPTION_SETTINGS) are the measured best (benchmarks/tune_caption.py): more
+    captions weighted by a softmax of their match scores, and the collection's mean
+    caption vector taken out before the cosine, so that what every photo shares ("a
+    photo of ...", the collection's common subject) stops counting as similarity.
+    Every index records the settings it was made with.
     """
 
     top_n: int = 10
     weighting: str = "none"  # "none" (the paper), "score", or "softmax" (of score / temperature)
-    temperature: float = 0.05
-    center: bool = False  # subtract the bank's mean caption vector (and renormalise) first
-    normalize: bool = False  # scale the result to unit length: cosine of the means
+    temperature: float = 0.1
+    center_collection: bool = False  # score by cos(m_a - mean, m_b - mean)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -114,9 +116,9 @@ class CaptionBank:
 
     def combine(self, ids: np.ndarray, scores: np.ndarray, settings: CaptionSettings) -> np.ndarray:
         """One vector per row of (ids, scores), as ``settings`` say; (B, N) in, (B, dim) out."""
-        ids = np.atleast_2d(ids)
+        ids = np.atleast_2d(ids)[:, : settings.top_n]  # stored lists may be longer
         scores = np.atleast_2d(np.asarray(scores, dtype=np.float32))[:, : ids.shape[1]]
-        vectors = self._centered()[ids] if settings.center else self.vectors[ids]
+        vectors = self.vectors[ids]
         if settings.weighting == "none":
             weights = np.full(ids.shape, 1.0 / ids.shape[1], dtype=np.float32)
         elif settings.weighting == "score":
@@ -128,19 +130,13 @@ class CaptionBank:
             weights = weights / weights.sum(axis=1, keepdims=True)
         else:
             raise ValueError(f"unknown caption weighting {settings.weighting!r}")
-        combined = np.einsum("bn,bnd->bd", weights.astype(np.float32), vectors)
-        if settings.normalize:
-            combined = combined / np.maximum(np.linalg.norm(combined, axis=1, keepdims=True), 1e-12)
-        return combined.astype(np.float32)
+        return np.einsum("bn,bnd->bd", weights.astype(np.float32), vectors).astype(np.float32)
 
-    def center(self, vector: np.ndarray) -> np.ndarray:
-        """A text vector moved into the centred caption space (for text queries)."""
-        centered = vector - self.vectors.mean(axis=0)
-        return (centered / max(float(np.linalg.norm(centered)), 1e-12)).astype(np.float32)
 
-    def _centered(self) -> np.ndarray:
-        if not hasattr(self, "_centered_vectors"):
-            centered = self.vectors - self.vectors.mean(axis=0, keepdims=True)
-            norms = np.maximum(np.linalg.norm(centered, axis=1, keepdims=True), 1e-12)
-            self._centered_vectors = (centered / norms).astype(np.float32)
-        return self._centered_vectors
+def centered(vectors: np.ndarray, mean: np.ndarray | float | None) -> np.ndarray:
+    """Rows minus a collection's mean vector, scaled to unit length (None: left as they are)."""
+    if mean is None:
+        return vectors
+    shifted = np.asarray(vectors, dtype=np.float32) - mean
+    norms = np.linalg.norm(shifted, axis=-1, keepdims=True)
+    return (shifted / np.maximum(norms, 1e-12)).astype(np.float32)

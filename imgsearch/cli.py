@@ -37,6 +37,14 @@ def say(message: str) -> None:
     click.echo(f"imgsearch: {message}", err=True)
 
 
+def shared_text(shared: list[str], most: int = 5) -> str:
+    """The first few shared captions: a long list would bury the results."""
+    if not shared:
+        return "(no caption)"
+    more = f" (+{len(shared) - most} more)" if len(shared) > most else ""
+    return "; ".join(shared[:most]) + more
+
+
 def emit(data: object) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -169,7 +177,7 @@ def query(
     for hit in hits:
         click.echo(f"{hit.score:.4f}  {hit.path}")
         if explain:
-            click.echo(f"        shares: {'; '.join(hit.shared) if hit.shared else '(no caption)'}")
+            click.echo(f"        shares: {shared_text(hit.shared)}")
 
 
 @main.command()
@@ -316,7 +324,7 @@ def compare(
     for method, score in result.scores.items():
         verdict = "similar" if result.similar[method] else "not similar"
         click.echo(f"{method:<12}{score:>8.4f}{result.tau[method]:>8.3f}  {verdict}")
-    click.echo(f"shared captions: {'; '.join(result.shared) if result.shared else '(none)'}")
+    click.echo(f"shared captions: {shared_text(result.shared)}")
 
 
 method_option = click.option(
@@ -329,8 +337,14 @@ method_option = click.option(
 
 
 @main.command()
-@click.option("--tau", type=float, help="Edge threshold (default: the index's tau for --method).")
-@method_option
+@click.option(
+    "--tau", type=float, help="Edge threshold (default: the graph's own, or the tau of --method)."
+)
+@click.option(
+    "--method",
+    type=click.Choice(config.VECTOR_METHODS),
+    help=f"Which score links images (default: {config.GRAPH_METHOD}).",
+)
 @click.option(
     "--k",
     "k",
@@ -361,7 +375,7 @@ method_option = click.option(
 @db_option
 def graph(
     tau: float | None,
-    method: str,
+    method: str | None,
     k: int,
     mutual: bool,
     fmt: str,

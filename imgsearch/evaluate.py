@@ -123,10 +123,15 @@ def sample_pairs(labels: dict[str, str], count: int = 1000, seed: int = 0) -> Pa
 def retrieval_metrics(
     vectors: np.ndarray, labels: list[str], ks: tuple[int, ...] = (1, 5, 10)
 ) -> dict[str, float]:
-    """mAP and P@k of ranking every image against all the others by inner product."""
+    """mAP and P@k of ranking every image against all the others by inner product.
+
+    Equal scores are common (the paper's method gives many images the very same captions),
+    so ties are broken in one fixed random order rather than by position in the folder.
+    """
     codes = np.unique(np.asarray(labels), return_inverse=True)[1]
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(codes)
+    tiebreak = np.random.default_rng(0).permutation(n)
     ap_sum = 0.0
     hits_at = {k: 0.0 for k in ks}
     queries = 0
@@ -135,7 +140,7 @@ def retrieval_metrics(
         for row, i in enumerate(range(start, min(start + 512, n))):
             scores = block[row].copy()
             scores[i] = -np.inf
-            order = np.argsort(-scores, kind="stable")[: n - 1]
+            order = np.lexsort((tiebreak, -scores))[: n - 1]
             relevant = codes[order] == codes[i]
             total = relevant.sum()
             if total == 0:

@@ -95,9 +95,9 @@ def test_query_options_under_text_explain_and_several_images(indexed: Path) -> N
 
 def test_captions_status_and_remove(indexed: Path) -> None:
     caps = json.loads(run("captions", str(indexed / "chelsea.jpg"), "--json", cwd=indexed).stdout)
-    assert len(caps) == 10 and "cat" in caps[0]["caption"]
+    assert len(caps) == 20 and "cat" in caps[0]["caption"]
     status = json.loads(run("status", "--json", cwd=indexed).stdout)
-    assert status["images"] == 8 and status["model"] == "offline" and status["top_n"] == 10
+    assert status["images"] == 8 and status["model"] == "offline" and status["top_n"] == 20
     assert status["root"] == str(indexed) and status["size_bytes"] > 0
     human = run("status", cwd=indexed).stdout
     assert "model:     offline" in human and "images:    8" in human

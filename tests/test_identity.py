@@ -23,14 +23,15 @@ def test_identity_on_random_unit_vectors() -> None:
 
 
 def test_query_scores_equal_the_literal_pairwise_average(photos: Path, small_bank: Path) -> None:
+    """The paper's score as `query --method caption_avg` ranks by it, from stored captions."""
     index = Index.create(photos, model="offline", captions=small_bank)
     index.add()
     query = index.store.get(path="chelsea.jpg")
-    hits = index.query(photos / "chelsea.jpg", k=7)
+    hits = index.query(photos / "chelsea.jpg", k=7, method="caption_avg")
     assert len(hits) == 7
     for hit in hits:
         other = index.store.get(path=Path(hit.path).relative_to(index.root).as_posix())
         literal = caption_avg(
-            index.bank.vectors[query.caption_ids], index.bank.vectors[other.caption_ids]
+            index.bank.vectors[query.caption_ids[:10]], index.bank.vectors[other.caption_ids[:10]]
         )
         assert abs(hit.score - literal) < 1e-5

@@ -30,10 +30,12 @@ def test_first_run_adds_every_image_and_stores_what_search_needs(photos: Path, s
         assert record is not None
         assert record.image_vector.shape == (1280,)
         assert record.caption_vector.shape == (384,)
-        assert len(record.caption_ids) == 10 and len(record.caption_scores) == 10
+        assert len(record.caption_ids) == 20 and len(record.caption_scores) == 20
         assert record.caption_scores == sorted(record.caption_scores, reverse=True)
-        # the mean caption vector is the mean of the stored captions' vectors
-        expected = index.bank.vectors[record.caption_ids].mean(axis=0)
+        # the stored caption vector is the softmax-weighted mean of the stored captions
+        weights = np.exp((np.array(record.caption_scores) - record.caption_scores[0]) / 0.1)
+        weights /= weights.sum()
+        expected = weights @ index.bank.vectors[record.caption_ids]
         np.testing.assert_allclose(record.caption_vector, expected, atol=1e-6)
         assert (record.width, record.height) == sample("chelsea").size
     db = photos / ".imgsearch" / "index.db"
@@ -194,7 +196,7 @@ def test_interrupted_run_leaves_a_consistent_index_and_the_next_run_goes_on(
     ).fetchone()[0]
     per_image = conn.execute(
         "select count(*) from (select image_id from image_captions group by image_id"
-        " having count(*) != 10)"
+        " having count(*) != 20)"
     ).fetchone()[0]
     conn.close()
     assert 8 <= saved < 240 and orphans == 0 and per_image == 0

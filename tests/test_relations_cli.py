@@ -31,26 +31,27 @@ def library(tmp_path: Path, small_bank: Path) -> Path:
 
 
 def test_graph_formats_agree(library: Path, tmp_path: Path) -> None:
-    every = json.loads(run("graph", "--k", "0", "--tau", "-1", cwd=library).stdout)
+    every = json.loads(
+        run("graph", "--k", "0", "--tau", "-1", "--method", "caption", cwd=library).stdout
+    )
     assert len(every["edges"]) == 10 * 9 // 2  # every pair clears tau -1
     scores = sorted(e["score"] for e in every["edges"])
     tau = round((scores[29] + scores[30]) / 2, 6)  # between two scores: exactly 15 edges
     assert scores[30] - scores[29] > 1e-5
-    as_json = json.loads(run("graph", "--k", "0", "--tau", str(tau), cwd=library).stdout)
+    args = ["graph", "--k", "0", "--tau", str(tau), "--method", "caption"]
+    as_json = json.loads(run(*args, cwd=library).stdout)
     edges = {(e["source"], e["target"]) for e in as_json["edges"]}
     assert len(edges) == 45 - 30 and all(e["score"] >= tau for e in as_json["edges"])
     assert as_json["tau"] == tau and as_json["method"] == "caption"
     assert sorted(p for g in as_json["groups"] for p in g) == sorted(as_json["nodes"])
     copies = {str(library / "chelsea.jpg"), str(library / "chelsea-copy.png")}
     assert any({a, b} == copies for a, b in edges)
-    text = run("graph", "--k", "0", "--tau", str(tau), "--format", "csv", cwd=library).stdout
+    text = run(*args, "--format", "csv", cwd=library).stdout
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == ["source", "target", "score"]
     assert {(r[0], r[1]) for r in rows[1:]} == edges
     out = tmp_path / "graph.graphml"
-    done = run(
-        "graph", "--k", "0", "--tau", str(tau), "--format", "graphml", "-o", str(out), cwd=library
-    )
+    done = run(*args, "--format", "graphml", "-o", str(out), cwd=library)
     assert done.exit_code == 0 and done.stdout == ""
     ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
     tree = ET.parse(out)
@@ -59,10 +60,15 @@ def test_graph_formats_agree(library: Path, tmp_path: Path) -> None:
 
 
 def test_default_graph_links_mutual_neighbours_only(library: Path) -> None:
-    everything = json.loads(run("graph", "--k", "0", "--tau", "0", cwd=library).stdout)
-    default = json.loads(run("graph", "--tau", "0", cwd=library).stdout)
-    assert default["k"] == 5 and default["mutual"] is True
-    assert 0 < len(default["edges"]) < len(everything["edges"])
+    everything = json.loads(run("graph", "--k", "0", "--tau", "-1", cwd=library).stdout)
+    assert len(everything["edges"]) == 45
+    loose = json.loads(run("graph", "--tau", "-1", cwd=library).stdout)
+    assert loose["k"] == 5 and loose["mutual"] is True and loose["method"] == "hybrid"
+    assert 0 < len(loose["edges"]) < 45
+    default = json.loads(run("graph", cwd=library).stdout)
+    assert default["tau"] == 0.56  # the graph's own calibrated tau
+    assert len(default["edges"]) <= len(loose["edges"])
+    assert all(e["score"] >= 0.56 for e in default["edges"])
 
 
 def test_clusters_cover_every_image_once(library: Path) -> None:
