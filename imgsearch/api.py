@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -442,18 +444,11 @@ class Index:
         then the plain cosine, judged by its own tau)."""
         if not self.settings.center_collection:
             return None
-        if "caption_mean" not in self._vectors:
-            _, _, stored = self.store.vectors("caption_vector")
-            mean = stored.mean(axis=0) if len(stored) else np.zeros(len(self.bank.vectors[0]))
-            self._vectors["caption_mean"] = mean.astype(np.float32)
-        return self._vectors["caption_mean"]
+        return self._means()["caption"]
 
-    def image_mean(self) -> np.ndarray | float:
+    def image_mean(self) -> np.ndarray:
         """The collection's mean image vector: the hybrid centres its image half on it too."""
-        if "image_mean" not in self._vectors:
-            _, _, stored = self.store.vectors("image_vector")
-            self._vectors["image_mean"] = stored.mean(axis=0) if len(stored) else 0.0
-        return self._vectors["image_mean"]
+        return self._means()["image"]
 
     def _method_vector(self, d: Description, method: str) -> np.ndarray:
         caption = centered(d.caption_vector, self.caption_mean())
@@ -641,10 +636,56 @@ class Index:
         return hits
 
     def _vector_index(self, method: str) -> VectorIndex:
+        """The method's search index: loaded from beside the database when it is current,
+        else built (exact, or IVF for large collections) and saved for the next process."""
         if method not in self._vectors:
-            ids, _, vectors = self.method_vectors(method)
-            self._vectors[method] = VectorIndex(ids, vectors)
+            # The generation is read before the vectors: a change in between makes the
+            # saved file look stale (rebuilt next time), never current with old contents.
+            stamp = json.dumps(
+                [self.store.generation(), method, self.meta["caption_settings"], self.hybrid_alpha]
+            )
+            path = self._derived_path(f"{method}.vix")
+            try:
+                index = VectorIndex.load(path)
+            except (OSError, ValueError):
+                index = None
+            if index is None or index.stamp != stamp:
+                ids, _, vectors = self.method_vectors(method)
+                index = VectorIndex(ids, vectors, stamp=stamp)
+                with contextlib.suppress(OSError):  # a read-only index still answers
+                    index.save(path)
+            self._vectors[method] = index
         return self._vectors[method]
+
+    def _derived_path(self, name: str) -> Path:
+        return self.store.path.with_name(f"{self.store.path.name}.{name}")
+
+    def _means(self) -> dict[str, np.ndarray]:
+        """The collection's mean caption and image vectors, kept beside the database like
+        the search indexes, so a query never has to read every vector."""
+        if "means" not in self._vectors:
+            stamp = self.store.generation()
+            path = self._derived_path("means.npz")
+            means = None
+            try:
+                with np.load(path) as saved:
+                    if str(saved["stamp"]) == stamp:
+                        means = {"caption": saved["caption"], "image": saved["image"]}
+            except (OSError, ValueError, KeyError):
+                pass
+            if means is None:
+                means = {}
+                for name in ("caption", "image"):
+                    _, _, stored = self.store.vectors(f"{name}_vector")
+                    dim = len(self.bank.vectors[0]) if name == "caption" else 1
+                    means[name] = stored.mean(axis=0) if len(stored) else np.zeros(dim)
+                    means[name] = means[name].astype(np.float32)
+                with contextlib.suppress(OSError):
+                    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
+                    np.savez(temporary, stamp=np.array(stamp), **means)
+                    os.replace(temporary, path)
+            self._vectors["means"] = means
+        return self._vectors["means"]
 
     def describe(self, image: ImageInput) -> Description:
         """Everything the scoring methods need of one image.

@@ -22,9 +22,6 @@ from xml.sax.saxutils import escape
 
 import faiss
 import numpy as np
-from scipy import sparse
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse.csgraph import connected_components
 
 # Rows per FAISS call: a block of queries against a block of the database, so one call's
 # results are bounded by 8192 x 8192 pairs whatever the collection's size.
@@ -262,6 +259,9 @@ def graph_edges(
 def _groups(n: int, source: np.ndarray, target: np.ndarray) -> list[list[int]]:
     if n == 0:
         return []
+    from scipy import sparse  # scipy loads in a third of a second: only when needed
+    from scipy.sparse.csgraph import connected_components
+
     adjacency = sparse.coo_matrix(
         (np.ones(len(source), dtype=np.int8), (source, target)), shape=(n, n)
     )
@@ -582,6 +582,8 @@ def set_similarity(
     elif method == "greedy":
         pairs = _greedy(sim)
     elif method == "hungarian":
+        from scipy.optimize import linear_sum_assignment
+
         rows, cols = linear_sum_assignment(sim, maximize=True)
         pairs = [(int(i), int(j), float(sim[i, j])) for i, j in zip(rows, cols)]
     elif method == "mean":

@@ -191,6 +191,13 @@ class Store:
 
     # --- settings -----------------------------------------------------------
 
+    def generation(self) -> str:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(meta_table.c.value).where(meta_table.c.key == "generation")
+            ).first()
+        return row[0] if row else "0"
+
     def meta(self) -> dict[str, str]:
         with self.engine.connect() as conn:
             return dict(conn.execute(sa.select(meta_table.c.key, meta_table.c.value)).all())
@@ -204,6 +211,7 @@ class Store:
     def save_bank(self, texts: list[str], vectors: np.ndarray, meta: dict[str, str]) -> None:
         """Replace the caption bank and the settings that go with it, atomically."""
         with self.engine.begin() as conn:
+            _bump_generation(conn)
             conn.execute(captions_table.delete())
             rows = [
                 {"id": i, "text": t, "vector": _blob(v)}
@@ -254,6 +262,7 @@ class Store:
             return
         now = time.time()
         with self.engine.begin() as conn:
+            _bump_generation(conn)
             paths = [r.path for r in records]
             conn.execute(images_table.delete().where(images_table.c.path.in_(paths)))
             conn.execute(skipped_table.delete().where(skipped_table.c.path.in_(paths)))
@@ -307,6 +316,7 @@ class Store:
             return
         t = images_table
         with self.engine.begin() as conn:
+            _bump_generation(conn)
             # Two steps, so that paths swapped between files never clash on the unique key.
             for image_id, _, _, _ in changes:
                 conn.execute(
@@ -321,7 +331,10 @@ class Store:
 
     def remove_ids(self, ids: Iterable[int]) -> int:
         ids = list(ids)
+        if not ids:
+            return 0
         with self.engine.begin() as conn:
+            _bump_generation(conn)
             for start in range(0, len(ids), 500):
                 conn.execute(
                     images_table.delete().where(images_table.c.id.in_(ids[start : start + 500]))
@@ -438,6 +451,16 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API conne
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _bump_generation(conn: sa.Connection) -> None:
+    """Count every change to the vectors, inside its own transaction: files derived from
+    them (search indexes, means) carry the generation they were made at, and a different
+    one means stale."""
+    row = conn.execute(
+        sa.select(meta_table.c.value).where(meta_table.c.key == "generation")
+    ).first()
+    _upsert_meta(conn, {"generation": str(int(row[0]) + 1 if row else 1)})
 
 
 def _upsert_meta(conn: sa.Connection, values: dict[str, str]) -> None:

@@ -204,3 +204,35 @@ def test_interrupted_run_leaves_a_consistent_index_and_the_next_run_goes_on(
     summary = index.add()
     assert summary.unchanged == saved and summary.added == 240 - saved
     assert index.store.count() == 240
+
+
+def test_search_index_is_saved_reused_and_rebuilt_when_stale(
+    photos: Path, small_bank: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = photos / ".imgsearch" / "index.db"
+    make_index(photos, small_bank).add()
+    first = Index.open(db).query(photos / "chelsea.jpg", k=3)
+    saved = db.with_name("index.db.caption.vix")
+    assert saved.is_file() and db.with_name("index.db.means.npz").is_file()
+
+    # A new process loads both from disk: it never reads every vector from the database.
+    reopened = Index.open(db)
+    real_vectors = reopened.store.vectors
+
+    def no_full_read(column: str):
+        raise AssertionError(f"read every {column} from the database")
+
+    monkeypatch.setattr(reopened.store, "vectors", no_full_read)
+    assert reopened.query(photos / "chelsea.jpg", k=3) == first
+    monkeypatch.setattr(reopened.store, "vectors", real_vectors)
+
+    # A change makes the saved files stale: they are rebuilt, never used as they are.
+    (photos / "copy.jpg").write_bytes((photos / "chelsea.jpg").read_bytes())
+    assert reopened.add().added == 1
+    hits = Index.open(db).query(photos / "chelsea.jpg", k=3)
+    assert hits[0].path == str(photos / "copy.jpg")
+
+    # A damaged file is rebuilt too.
+    saved.write_bytes(b"not an index")
+    assert Index.open(db).query(photos / "chelsea.jpg", k=3) == hits
+    assert saved.read_bytes() != b"not an index"
