@@ -291,6 +291,10 @@ class Index:
                 summary.removed += len(stale)
             self.store.forget_skipped({s.path for s in summary.skipped})
         self._vectors.clear()
+        if (summary.added or summary.updated or summary.moved or summary.removed) and (
+            self.store.count()
+        ):
+            self._vector_index(config.DEFAULT_METHOD)  # built now, so the first query is quick
         summary.seconds = time.perf_counter() - start
         return summary
 
