@@ -91,7 +91,7 @@ def main() -> None:
     help=f"Captions kept per image, new index only (default: {config.CAPTION_SETTINGS.top_n}).",
 )
 @click.option("--batch-size", type=int, default=config.BATCH_SIZE, show_default=True)
-@click.option("--workers", type=int, help="Decoding threads (default: one per core, at most 8).")
+@click.option("--workers", type=int, help="Decoding threads (default: one per core, at most 32).")
 @device_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-file notes.")
 @json_option

@@ -181,7 +181,7 @@ def embed_files(
     """Embed ``files`` and store them, one transaction per batch. Returns (stored, skipped)."""
     import torch
 
-    workers = workers or max(1, min(8, (os.cpu_count() or 2)))
+    workers = workers or max(1, min(32, os.cpu_count() or 2))  # decoding is the bottleneck
     skipped: list[Skipped] = []
     stored = 0
     bar = _progress_bar(len(files), progress)

@@ -1,0 +1,653 @@
+"""How fast ``imgsearch index`` is on camera photos, next to the limits it works within.
+
+One command, re-runnable::
+
+    python benchmarks/index_speed.py --model clip --images 64
+    python benchmarks/index_speed.py --model offline --images 64 --json
+
+Four throughputs come from one process and one loaded model, so they can be compared:
+
+* ``model_alone``: preprocessed tensors already in memory, batched through ``encode_images``.
+  No pipeline can beat it.
+* ``decode_alone``: files to model-ready tensors with the indexer's own decode workers
+  (draft-mode JPEG decode + preprocess), nothing else running. The other ceiling.
+* ``naive``: what a short script would do: full-size Pillow decode, the transformers image
+  processor, batch, model, all in one thread.
+* ``imgsearch``: ``Index.create(...).add()`` into a fresh database.
+
+Every images/s figure runs from the first file read to the last result stored; model loading
+and the one-time caption-bank embedding are left out and reported as ``load_s``.
+
+On a CPU, decoding and the model take turns on the same cores, so no pipeline beats the
+"shared CPU ceiling" 1 / (1/decode_alone + 1/model_alone); ``imgsearch/shared_cpu_ceiling``
+says how close it gets. Each path is timed ``--repeat`` times (default 3) in interleaved
+rounds and the best kept. On a shared machine add ``--wait-quiet 120``; the ``others``
+column is the share of the cores other processes used during each timing.
+
+The photos (12 MP JPEG, quality 90, 2-4 MB each, all different) are made from
+scikit-image's sample photos and cached in ``--workdir`` with the random CLIP, so later runs
+start in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:  # torch and imgsearch load after the photo pool has forked
+    import torch
+
+    from imgsearch.models import Model
+
+REPO = Path(__file__).resolve().parent.parent
+PHOTO_SIZE = (4000, 3000)
+JPEG_QUALITY = 90
+PHOTO_RECIPE = 1  # bump when the recipe changes: cached photos are then made again
+SEED = 0
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Colour photos first; grey ones get a tint so every file is a colour JPEG like a camera's.
+SOURCES = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "camera",
+    "coins",
+    "grass",
+    "gravel",
+    "brick",
+)
+WARMUP_IMAGES = 4
+
+
+def say(message: str) -> None:
+    print(f"[index_speed] {message}", file=sys.stderr, flush=True)
+
+
+# --- photos ------------------------------------------------------------------------------
+
+
+@cache
+def _source(name: str) -> Image.Image:
+    from skimage import data
+
+    array = getattr(data, name)()
+    if array.dtype != np.uint8:
+        array = (array * 255 if array.max() <= 1 else array).astype(np.uint8)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return Image.fromarray(array[..., :3])
+
+
+def _make_photo(job: tuple[int, str]) -> int:
+    """Write photo ``index``: a random 4:3 crop, flipped, recoloured, upscaled, with grain.
+
+    The grain is what makes the files camera-sized: a smooth upscale compresses to a few
+    hundred kB, and JPEG decode time follows the entropy-coded size, not the pixel count.
+    """
+    index, path = job
+    rng = np.random.default_rng([SEED, index])
+    source = _source(SOURCES[index % len(SOURCES)])
+    w, h = source.size
+    bw, bh = (h * 4 / 3, h) if w / h > 4 / 3 else (w, w * 3 / 4)
+    frac = rng.uniform(0.6, 1.0)
+    bw, bh = bw * frac, bh * frac
+    x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+    image = source
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    gains, gamma = rng.uniform(0.8, 1.2, 3), rng.uniform(0.8, 1.25)
+    ramp = np.linspace(0.0, 1.0, 256) ** gamma
+    lut = np.concatenate([np.clip(ramp * g * 255, 0, 255) for g in gains]).astype(np.uint8)
+    image = image.point(lut.tolist()).resize(
+        PHOTO_SIZE, Image.Resampling.BICUBIC, box=(x, y, x + bw, y + bh)
+    )
+    height, width = PHOTO_SIZE[1], PHOTO_SIZE[0]
+    # Texture at two scales: blotches (surfaces, out-of-focus detail) and sensor grain.
+    blotch = rng.standard_normal((height // 4, width // 4), dtype=np.float32)
+    blotch *= rng.uniform(3, 6)
+    blotch = np.asarray(Image.fromarray(blotch).resize(PHOTO_SIZE, Image.Resampling.BILINEAR))
+    luma = blotch + rng.standard_normal((height, width), dtype=np.float32) * rng.uniform(3, 6)
+    pixels = rng.standard_normal((height, width, 3), dtype=np.float32)  # chroma noise
+    pixels *= 1.5
+    pixels += luma[..., None]
+    pixels += np.asarray(image, dtype=np.float32)
+    np.clip(pixels, 0, 255, out=pixels)  # in place: a copying clip costs more than the noise
+    out = Image.fromarray(pixels.astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x010F] = "imgsearch-bench"  # Make
+    exif[0x0110] = "12MP"  # Model
+    exif[0x0112] = 1  # Orientation: upright, as most camera files are
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    out.save(tmp, "JPEG", quality=JPEG_QUALITY, exif=exif.tobytes())
+    os.replace(tmp, path)  # an interrupted run leaves no half-written photo behind
+    return index
+
+
+def make_photos(folder: Path, count: int) -> list[Path]:
+    """The ``count`` photos in ``folder``, made (in parallel) only where missing."""
+    manifest = folder / ".recipe.json"
+    wanted = {"recipe": PHOTO_RECIPE, "seed": SEED, "size": PHOTO_SIZE, "quality": JPEG_QUALITY}
+    if folder.is_dir():
+        try:
+            same = json.loads(manifest.read_text()) == json.loads(json.dumps(wanted))
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps(wanted))
+    paths = [folder / f"photo-{i:05d}.jpg" for i in range(count)]
+    for extra in set(folder.glob("*.jpg")) - set(paths):  # left from a larger --images
+        extra.unlink()
+    todo = [(i, str(p)) for i, p in enumerate(paths) if not p.is_file()]
+    if todo:
+        start = time.perf_counter()
+        say(f"making {len(todo)} photos in {folder} (once; cached for later runs)")
+        # About 0.5 GB each while a photo is made: enough processes, not every core of a big box.
+        with multiprocessing.Pool(min(os.cpu_count() or 1, 16)) as pool:
+            for _ in pool.imap_unordered(_make_photo, todo):
+                pass
+        say(f"made {len(todo)} photos in {time.perf_counter() - start:.1f} s")
+    return paths
+
+
+# --- the random CLIP ---------------------------------------------------------------------
+
+
+def byte_vocab() -> dict[str, int]:
+    """A byte-level BPE vocabulary with no merges: every byte a token, as GPT-2/CLIP encode them.
+
+    The hub is unreachable, so the real CLIP tokenizer files cannot be had; this one is
+    valid for any text and only makes captions a few times longer in tokens (load_s only).
+    """
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    chars = [chr(c) for c in codes]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = 512
+    vocab["<|endoftext|>"] = 513
+    return vocab
+
+
+def save_random_clip(folder: Path) -> Path:
+    """CLIP ViT-B/32 (``CLIPConfig()`` defaults) with seeded random weights, as a model folder.
+
+    No CLIP weights can be downloaded here; speed does not depend on the weights' values,
+    only on the architecture, so a random ViT-B/32 times the same as OpenAI's.
+    """
+    done = folder / ".complete"
+    if done.is_file():
+        return folder
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+    say(f"saving a random CLIP ViT-B/32 to {folder} (once)")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    vocab = byte_vocab()
+    # Only the special token ids differ from the defaults, so that text pooling finds the
+    # end token of this tokenizer; every size is CLIPConfig()'s.
+    config = CLIPConfig(text_config={"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513})
+    torch.manual_seed(SEED)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder)
+    size = config.vision_config.image_size
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "CLIPImageProcessor",
+                "do_resize": True,
+                "size": {"shortest_edge": size},
+                "resample": 3,
+                "do_center_crop": True,
+                "crop_size": {"height": size, "width": size},
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "do_convert_rgb": True,
+                "image_mean": list(CLIP_MEAN),
+                "image_std": list(CLIP_STD),
+            },
+            indent=2,
+        )
+    )
+    done.touch()
+    return folder
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    images: int
+    seconds: float
+    others: float = 0.0  # share of all cores other processes used meanwhile
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _cpu_jiffies() -> tuple[float, float]:
+    """(busy, total) seconds of all cores since boot, from /proc/stat; zeros elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    total = sum(fields[:8])  # guest time is already counted in user
+    return (total - fields[3] - fields[4]) / hz, total / hz
+
+
+def timed(images: int, run: Callable[[], object]) -> Timing:
+    """Time ``run``, and measure how much of the machine others used while it ran.
+
+    Busy time of all cores minus this process's own CPU time: on a shared machine this
+    tells a slow figure from a slow pipeline.
+    """
+    busy0, total0 = _cpu_jiffies()
+    own0 = sum(os.times()[:2])
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    busy1, total1 = _cpu_jiffies()
+    own = sum(os.times()[:2]) - own0
+    others = max(0.0, (busy1 - busy0) - own) / max(total1 - total0, 1e-9)
+    return Timing(images, seconds, min(others, 1.0))
+
+
+def best(timings: list[Timing]) -> Timing:
+    """The fastest attempt: on a shared machine the slower ones measure the neighbours."""
+    return min(timings, key=lambda t: t.seconds)
+
+
+def indexer_workers(workers: int | None) -> int:
+    """The decode worker count ``embed_files`` picks when given none (mirrors its default)."""
+    return workers or max(1, min(8, (os.cpu_count() or 2)))
+
+
+def decoded_tensors(
+    root: Path, paths: Sequence[Path], model: Model, workers: int
+) -> Iterator[torch.Tensor]:
+    """Model-ready tensors, made exactly as the indexer makes them: its own decode stage."""
+    from imgsearch.files import FileInfo
+    from imgsearch.indexer import _decoded  # private on purpose: it is what is measured
+
+    infos = [FileInfo(p.relative_to(root).as_posix(), 0, 0) for p in paths]
+    for item in _decoded(root, infos, model, workers):
+        if item.error or item.pixels is None:
+            raise RuntimeError(f"{item.info.path}: {item.error}")
+        yield item.pixels
+
+
+def decode_path(
+    root: Path, paths: Sequence[Path], model: Model, workers: int
+) -> tuple[Callable[[], Timing], list[torch.Tensor]]:
+    """(one timed pass, the tensors for model_alone), after a warm-up."""
+    list(decoded_tensors(root, paths[:WARMUP_IMAGES], model, workers))
+    tensors: list[torch.Tensor] = []
+
+    def run() -> None:
+        tensors[:] = decoded_tensors(root, paths, model, workers)
+
+    return lambda: timed(len(paths), run), tensors
+
+
+def model_path(model: Model, tensors: list[torch.Tensor], batch_size: int) -> Callable[[], Timing]:
+    """One timed pass over batches stacked beforehand, after a warm-up at the full batch shape."""
+    import torch
+
+    batches = [torch.stack(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
+    model.encode_images(batches[0])
+
+    def run() -> None:
+        for batch in batches:
+            model.encode_images(batch)
+
+    return lambda: timed(len(tensors), run)
+
+
+def naive_preprocessor(model_arg: str, model: Model) -> tuple[str, Callable[[Image.Image], Any]]:
+    """(description, PIL image -> CHW tensor) as a script without imgsearch would do it."""
+    if model_arg == "offline":
+        # EfficientNet-Lite0 has no transformers processor: the same resize/crop/normalise,
+        # from the full-size image (imgsearch's Preprocess with nothing skipped beforehand).
+        return "PIL resize/crop/normalise at full size", model.preprocess
+    from transformers import AutoImageProcessor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        processor = AutoImageProcessor.from_pretrained(model_arg, local_files_only=True)
+
+    def run(image: Image.Image) -> Any:
+        return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    return type(processor).__name__, run
+
+
+def naive_path(
+    paths: Sequence[Path],
+    model: Model,
+    preprocess: Callable[[Image.Image], Any],
+    batch_size: int,
+) -> Callable[[], Timing]:
+    """Full-size decode and preprocessing, one file after another, then the model per batch."""
+    import torch
+
+    def run(files: Sequence[Path]) -> None:
+        batch = []
+        for path in files:
+            with Image.open(path) as image:
+                batch.append(preprocess(image.convert("RGB")))
+            if len(batch) == batch_size:
+                model.encode_images(torch.stack(batch))
+                batch.clear()
+        if batch:
+            model.encode_images(torch.stack(batch))
+
+    run(paths[:WARMUP_IMAGES])
+    return lambda: timed(len(paths), lambda: run(paths))
+
+
+def imgsearch_path(
+    root: Path,
+    warm_root: Path,
+    runs: Path,
+    model_arg: str,
+    device: str,
+    batch_size: int,
+    workers: int | None,
+) -> tuple[float, Model, Callable[[], Timing]]:
+    """(load_s, the model, one timed pass): the API path of ``imgsearch index``.
+
+    ``Index.create`` on a new database loads the model and embeds the caption bank: that is
+    load_s. The first index (a few photos) also warms the pipeline up; each timed ``add()``
+    then runs into a fresh database, reusing the loaded model as one process would.
+    """
+    from imgsearch.api import Index
+
+    start = time.perf_counter()
+    warm = Index.create(warm_root, runs / "warmup.db", model_arg, device=device)
+    load_s = time.perf_counter() - start
+    model = warm.model
+    with warm:
+        warm.add(batch_size=batch_size, workers=workers)
+    attempts = 0
+    expected = len(list(root.glob("*.jpg")))
+
+    def once() -> Timing:
+        nonlocal attempts
+        attempts += 1
+        with Index.create(root, runs / f"index-{attempts}.db", model_arg, device=device) as index:
+            summaries = []
+            timing = timed(
+                expected,
+                lambda: summaries.append(index.add(batch_size=batch_size, workers=workers)),
+            )
+        if summaries[0].added != expected or summaries[0].skipped:
+            raise RuntimeError(f"imgsearch did not index every photo: {summaries[0].to_dict()}")
+        return timing
+
+    return load_s, model, once
+
+
+def usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def machine(device: str) -> str:
+    import torch
+
+    name = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    text = f"{name}, {usable_cores()} cores, torch {torch.__version__} with {threads} threads"
+    if device == "cuda":
+        text += f", {torch.cuda.get_device_name()}"
+    return text
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Share of all cores busy over ``seconds`` while this process sleeps: the neighbours' load."""
+    busy0, total0 = _cpu_jiffies()
+    time.sleep(seconds)
+    busy1, total1 = _cpu_jiffies()
+    return (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
+
+
+def wait_until_quiet(limit: float) -> float:
+    """Wait (up to ``limit`` s) for two quiet seconds in a row; returns the last busy share."""
+    deadline, quiet, busy = time.monotonic() + limit, 0, cpu_busy()
+    while time.monotonic() < deadline and quiet < 2:
+        quiet = quiet + 1 if busy < 0.1 else 0
+        if quiet < 2:
+            busy = cpu_busy()
+    return busy
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes there, kB here
+
+
+def hardlink_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=("clip", "offline"), default="clip")
+    parser.add_argument("--images", type=int, default=64, help="photos to index (default 64)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decode workers (default: the indexer's own)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="cache folder (default bench-out/photos-N)"
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="where the random CLIP is saved (default WORKDIR/clip-vit-b32-random); "
+        "point several workdirs at one to save 600 MB each",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="time each path this often, in interleaved rounds, keep the best (default 3)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
+        help="on a shared machine: before each timing wait up to S seconds for idle cores",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
+    args = parser.parse_args(argv)
+    if args.images < WARMUP_IMAGES or args.batch_size < 1 or args.repeat < 1:
+        parser.error(f"--images must be at least {WARMUP_IMAGES}; --batch-size, --repeat 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = (args.workdir or REPO / "bench-out" / f"photos-{args.images}").resolve()
+    photos_dir = workdir / "photos"
+    paths = make_photos(photos_dir, args.images)  # before torch: the pool forks cleanly
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The caption bank's vectors are cached next to the photos, not in the user's cache.
+    cache_dir = Path(os.environ.setdefault("IMGSEARCH_CACHE_DIR", str(workdir / "cache")))
+    import torch
+
+    if torch.get_num_threads() < usable_cores():
+        torch.set_num_threads(usable_cores())
+    if args.device == "cuda" and not torch.cuda.is_available():
+        say("--device cuda: no CUDA GPU here")
+        return 2
+
+    if args.model == "clip":
+        model_dir = (args.model_dir or workdir / "clip-vit-b32-random").resolve()
+        model_arg = str(save_random_clip(model_dir))
+        model_text = "clip: CLIP ViT-B/32 (CLIPConfig() defaults), random weights, seed 0"
+        weights = "random weights time the same as trained ones (same architecture). "
+    else:
+        model_arg, model_text = "offline", "offline: EfficientNet-Lite0 + all-MiniLM-L6-v2"
+        weights = ""
+
+    # Every path reads the files from the page cache: read them once now, so the first
+    # measured path does not pay for the disk and the others do not get it for free.
+    sizes = [len(p.read_bytes()) for p in paths]
+    runs = workdir / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    warm_root = runs / "warm-photos"
+    warm_root.mkdir(parents=True)
+    for path in paths[:WARMUP_IMAGES]:
+        hardlink_or_copy(path, warm_root / path.name)
+    workers = indexer_workers(args.workers)
+    busy = wait_until_quiet(args.wait_quiet) if args.wait_quiet else cpu_busy()
+    if busy > 0.1:
+        say(f"the cores are {busy:.0%} busy before the run: others share them, figures drop")
+    cached_before = set(cache_dir.glob("*.npy")) if cache_dir.is_dir() else set()
+
+    try:
+        say("loading (load_s), then warming every path up")
+        load_s, model, ours_once = imgsearch_path(
+            photos_dir, warm_root, runs, model_arg, args.device, args.batch_size, args.workers
+        )
+        bank = "embedded" if set(cache_dir.glob("*.npy")) - cached_before else "read from cache"
+        decode_once, tensors = decode_path(photos_dir, paths, model, workers)
+        decode_once()  # the tensors model_alone runs on
+        model_once = model_path(model, tensors, args.batch_size)
+        naive_name, naive_pre = naive_preprocessor(model_arg, model)
+        naive_once = naive_path(paths, model, naive_pre, args.batch_size)
+        paths_once = {
+            "model_alone": model_once,
+            "decode_alone": decode_once,
+            "naive": naive_once,
+            "imgsearch": ours_once,
+        }
+        timings: dict[str, list[Timing]] = {name: [] for name in paths_once}
+        for round_ in range(args.repeat):  # rounds interleave the paths: fairer on a busy box
+            for name, once in paths_once.items():
+                if args.wait_quiet:
+                    wait_until_quiet(args.wait_quiet)
+                timing = once()
+                timings[name].append(timing)
+                say(
+                    f"round {round_ + 1}/{args.repeat}: {name} {timing.rate:.2f} images/s "
+                    f"(others used {timing.others:.0%} of the cores)"
+                )
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+    chosen = {name: best(ts) for name, ts in timings.items()}
+    alone, decode, naive, ours = (chosen[n] for n in paths_once)
+
+    rates = {
+        "model_alone": alone.rate,
+        "decode_alone": decode.rate,
+        "naive": naive.rate,
+        "imgsearch": ours.rate,
+    }
+    ratios = {
+        "imgsearch/naive": ours.rate / naive.rate,
+        "imgsearch/model_alone": ours.rate / alone.rate,
+        "imgsearch/min(decode_alone,model_alone)": ours.rate / min(decode.rate, alone.rate),
+    }
+    if args.device == "cpu":
+        # Decoding and the model share the same cores: at best their costs per image add up.
+        ratios["imgsearch/shared_cpu_ceiling"] = ours.rate * (1 / decode.rate + 1 / alone.rate)
+    note = (
+        f"{weights}"
+        f"Photos {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG q{JPEG_QUALITY}, "
+        f"mean {np.mean(sizes) / 1e6:.1f} MB, read from the page cache. "
+        f"batch {args.batch_size}, {workers} decode workers, device {args.device}. "
+        f"naive preprocessing: {naive_name}. "
+        f"load_s = model load + caption bank ({bank}). "
+        f"Each path warmed up on {WARMUP_IMAGES} photos first"
+        + (f", best of {args.repeat}" if args.repeat > 1 else "")
+        + ". 'others' = share of the cores other processes used during that timing."
+    )
+    result = {
+        "machine": machine(args.device),
+        "model": model_text,
+        "images": args.images,
+        "load_s": round(load_s, 2),
+        "images_per_s": {k: round(v, 2) for k, v in rates.items()},
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "others_cpu_share": {k: round(t.others, 3) for k, t in chosen.items()},
+        "peak_rss_mb": round(peak_rss_mb()),
+        "note": note,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"machine: {result['machine']}")
+    print(f"model:   {result['model']}")
+    print(f"images:  {args.images}    load_s: {load_s:.1f} (model load + caption bank, {bank})")
+    print()
+    print(f"{'path':<14}{'images/s':>10}{'seconds':>10}{'others':>8}")
+    for name, rate in rates.items():
+        t = chosen[name]
+        print(f"{name:<14}{rate:>10.2f}{t.seconds:>10.2f}{t.others:>8.0%}")
+    print()
+    for name, ratio in ratios.items():
+        print(f"{name:<42}{ratio:>7.2f}")
+    print(f"{'peak RSS (MB)':<42}{result['peak_rss_mb']:>7}")
+    print()
+    print(f"note: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
