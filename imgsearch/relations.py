@@ -42,6 +42,12 @@ KMEANS_PP_MAX = 256
 
 SET_METHODS = ("ordered", "greedy", "hungarian")
 
+# Above this many rows, pairs come from an IVF index (about 4 sqrt(n) lists, IVF_NPROBE of
+# them searched per row) instead of an exact scan: the cost grows as n^1.5, not n^2, and
+# nearly every close pair is still found (benchmarks/relations_speed.py reports the recall).
+APPROXIMATE_ABOVE = 50_000
+IVF_NPROBE = 16
+
 # Edges as parallel arrays: sources, targets, scores.
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -102,6 +108,40 @@ def _flat_index(vectors: np.ndarray) -> faiss.IndexFlatIP:
     return index
 
 
+def _ivf_index(vectors: np.ndarray) -> faiss.IndexIVFFlat:
+    """An inverted-file index over the rows: each search scans a few lists, not every row."""
+    n, dim = vectors.shape
+    lists = max(1, int(4 * np.sqrt(n)))
+    rng = np.random.default_rng(0)
+    sample = vectors[np.sort(rng.choice(n, min(n, 40 * lists), replace=False))]
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(sample))
+    index.add(vectors)
+    index.nprobe = IVF_NPROBE
+    return index
+
+
+def _approximate_range_pairs(vectors: np.ndarray, tau: float, block: int) -> Arrays:
+    """Pairs at or above tau found through an IVF index: close pairs share or neighbour
+    a list, so this finds nearly all of them at a small fraction of the exact cost. A pair
+    found from either end counts, once."""
+    n = len(vectors)
+    index = _ivf_index(vectors)
+    radius = float(np.nextafter(np.float32(tau), np.float32(-np.inf)))
+    sources, targets, scores = [], [], []
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        lims, dist, labels = index.range_search(vectors[start:stop], radius)
+        query = start + np.repeat(np.arange(stop - start), np.diff(lims.astype(np.int64)))
+        keep = (labels >= 0) & (labels != query) & (dist >= tau)
+        sources.append(np.minimum(query, labels)[keep])
+        targets.append(np.maximum(query, labels)[keep])
+        scores.append(dist[keep])
+    source, target, score = _concat(sources, targets, scores)
+    _, first = np.unique(source * n + target, return_index=True)
+    return source[first], target[first], score[first]
+
+
 def _range_pairs(vectors: np.ndarray, tau: float, block: int) -> Arrays:
     """All pairs i < j with inner product >= tau, each computed once.
 
@@ -111,6 +151,8 @@ def _range_pairs(vectors: np.ndarray, tau: float, block: int) -> Arrays:
     test is made here.
     """
     n = len(vectors)
+    if n > APPROXIMATE_ABOVE:
+        return _approximate_range_pairs(vectors, tau, block)
     radius = float(np.nextafter(np.float32(tau), np.float32(-np.inf)))
     sources, targets, scores = [], [], []
     for start in range(0, n, block):
@@ -166,7 +208,7 @@ def _knn_from_pairs(pairs: Arrays, k: int, mutual: bool) -> Arrays:
 def _knn_pairs(vectors: np.ndarray, tau: float, k: int, mutual: bool, block: int) -> Arrays:
     """Pairs i < j where j is among i's k nearest (or, mutual, each among the other's)."""
     n = len(vectors)
-    index = _flat_index(vectors)
+    index = _ivf_index(vectors) if n > APPROXIMATE_ABOVE else _flat_index(vectors)
     sources, targets, scores = [], [], []
     for start in range(0, n, block):
         stop = min(start + block, n)

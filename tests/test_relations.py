@@ -405,3 +405,23 @@ def test_methods_and_mean() -> None:
     assert mean_set_similarity(a, b) == pytest.approx(float((a @ b.T).mean()))
     with pytest.raises(ValueError):
         mean_set_similarity(a[:0], b)
+
+
+def test_large_collections_use_an_approximate_index_that_finds_nearly_every_pair(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(60, 48))
+    points = centres[rng.integers(0, 60, 3000)] + rng.normal(scale=0.25, size=(3000, 48))
+    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    exact = relations.edge_arrays(points, 0.9)
+    monkeypatch.setattr(relations, "APPROXIMATE_ABOVE", 1000)
+    approximate = relations.edge_arrays(points, 0.9)
+    found = set(zip(*approximate[:2]))
+    truth = set(zip(*exact[:2]))
+    assert len(truth) > 1000
+    assert found <= truth  # every edge it reports is a true edge
+    assert len(found) >= 0.95 * len(truth)
+    assert np.all(approximate[0] < approximate[1]) and np.all(approximate[2] >= 0.9)
+    knn = relations.edge_arrays(points, 0.5, k=5, mutual=True)
+    assert len(knn[0]) > 0 and np.all(knn[2] >= 0.5)
