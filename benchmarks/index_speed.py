@@ -174,28 +174,6 @@ def make_photos(folder: Path, count: int) -> list[Path]:
 # --- the random CLIP ---------------------------------------------------------------------
 
 
-def byte_vocab() -> dict[str, int]:
-    """A byte-level BPE vocabulary with no merges: every byte a token, as GPT-2/CLIP encode them.
-
-    The hub is unreachable, so the real CLIP tokenizer files cannot be had; this one is
-    valid for any text and only makes captions a few times longer in tokens (load_s only).
-    """
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    chars = [chr(c) for c in codes]
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = 512
-    vocab["<|endoftext|>"] = 513
-    return vocab
-
-
 def save_random_clip(folder: Path) -> Path:
     """CLIP ViT-B/32 (``CLIPConfig()`` defaults) with seeded random weights, as a model folder.
 
@@ -205,42 +183,14 @@ def save_random_clip(folder: Path) -> Path:
     done = folder / ".complete"
     if done.is_file():
         return folder
-    import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
     from transformers.utils import logging
 
-    logging.disable_progress_bar()
+    from imgsearch.models.clip import save_random_clip as save
 
+    logging.disable_progress_bar()
     say(f"saving a random CLIP ViT-B/32 to {folder} (once)")
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    vocab = byte_vocab()
-    # Only the special token ids differ from the defaults, so that text pooling finds the
-    # end token of this tokenizer; every size is CLIPConfig()'s.
-    config = CLIPConfig(text_config={"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513})
-    torch.manual_seed(SEED)
-    CLIPModel(config).save_pretrained(folder)
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder)
-    size = config.vision_config.image_size
-    (folder / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "image_processor_type": "CLIPImageProcessor",
-                "do_resize": True,
-                "size": {"shortest_edge": size},
-                "resample": 3,
-                "do_center_crop": True,
-                "crop_size": {"height": size, "width": size},
-                "do_rescale": True,
-                "rescale_factor": 1 / 255,
-                "do_normalize": True,
-                "do_convert_rgb": True,
-                "image_mean": list(CLIP_MEAN),
-                "image_std": list(CLIP_STD),
-            },
-            indent=2,
-        )
-    )
+    save(folder, seed=SEED)  # every size is CLIPConfig()'s
     done.touch()
     return folder
 

@@ -13,8 +13,22 @@ from PIL import Image
 from skimage import data
 
 PHOTOS = [
-    "astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "horse", "hubble_deep_field",
-    "immunohistochemistry", "page", "retina", "text", "moon", "grass", "gravel", "brick",
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "camera",
+    "coins",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "page",
+    "retina",
+    "text",
+    "moon",
+    "grass",
+    "gravel",
+    "brick",
 ]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -95,43 +94,19 @@ def small_bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def byte_vocab() -> dict[str, int]:
-    """A byte-level BPE vocabulary with no merges: every byte a token, as GPT-2/CLIP encode them."""
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    chars = [chr(c) for c in codes]
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = 512
-    vocab["<|endoftext|>"] = 513
-    return vocab
-
-
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised, seeded CLIP that runs in milliseconds, saved as a folder."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from imgsearch.models.clip import save_random_clip
 
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    vocab = byte_vocab()
-    config = CLIPConfig(
+    return save_random_clip(
+        tmp_path_factory.mktemp("tiny-clip"),
         text_config={
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_attention_heads": 4,
             "num_hidden_layers": 2,
-            "vocab_size": len(vocab),
             "max_position_embeddings": 77,
-            "bos_token_id": 512,
-            "eos_token_id": 513,
-            "pad_token_id": 513,
         },
         vision_config={
             "hidden_size": 32,
@@ -143,28 +118,3 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
         projection_dim=16,
     )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    try:
-        tokenizer = CLIPTokenizer(vocab=vocab, merges=[])  # transformers 5
-    except TypeError:  # transformers 4 takes files
-        (folder / "vocab.json").write_text(json.dumps(vocab))
-        (folder / "merges.txt").write_text("#version: 0.2\n")
-        tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    tokenizer.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "image_processor_type": "CLIPImageProcessor",
-                "do_resize": True,
-                "size": {"shortest_edge": 32},
-                "resample": 3,
-                "do_center_crop": True,
-                "crop_size": {"height": 32, "width": 32},
-                "do_normalize": True,
-                "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                "image_std": [0.26862954, 0.26130258, 0.27577711],
-            }
-        )
-    )
-    return folder
