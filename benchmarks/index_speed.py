@@ -59,8 +59,6 @@ PHOTO_SIZE = (4000, 3000)
 JPEG_QUALITY = 90
 PHOTO_RECIPE = 1  # bump when the recipe changes: cached photos are then made again
 SEED = 0
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Colour photos first; grey ones get a tint so every file is a colour JPEG like a camera's.
 SOURCES = (
     "astronaut",
@@ -243,8 +241,19 @@ def best(timings: list[Timing]) -> Timing:
 
 
 def indexer_workers(workers: int | None) -> int:
-    """The decode worker count ``embed_files`` picks when given none (mirrors its default)."""
-    return workers or max(1, min(8, (os.cpu_count() or 2)))
+    """The decode worker count ``embed_files`` picks when given none.
+
+    decode_alone and imgsearch are both given this count explicitly, so they can differ
+    only in the pipeline around the decoding, never in its width.
+    """
+    if workers:
+        return workers
+    from imgsearch import indexer
+
+    default = getattr(indexer, "default_workers", None)
+    if callable(default):
+        return int(default())
+    return max(1, min(32, os.cpu_count() or 2))  # embed_files' own default, as of writing
 
 
 def decoded_tensors(
@@ -337,7 +346,7 @@ def imgsearch_path(
     model_arg: str,
     device: str,
     batch_size: int,
-    workers: int | None,
+    workers: int,
 ) -> tuple[float, Model, Callable[[], Timing]]:
     """(load_s, the model, one timed pass): the API path of ``imgsearch index``.
 
@@ -513,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         say("loading (load_s), then warming every path up")
         load_s, model, ours_once = imgsearch_path(
-            photos_dir, warm_root, runs, model_arg, args.device, args.batch_size, args.workers
+            photos_dir, warm_root, runs, model_arg, args.device, args.batch_size, workers
         )
         bank = "embedded" if set(cache_dir.glob("*.npy")) - cached_before else "read from cache"
         decode_once, tensors = decode_path(photos_dir, paths, model, workers)

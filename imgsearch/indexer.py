@@ -148,9 +148,20 @@ def _load(root: Path, info: FileInfo, model: Model) -> _Item:
     return _Item(info, pixels, decoded.width, decoded.height, decoded.hash)
 
 
-def _decoded(root: Path, files: list[FileInfo], model: Model, workers: int) -> Iterator[_Item]:
-    """Decode in worker threads, in order, at most a bounded number of files ahead."""
-    ahead = max(4 * workers, 16)
+def default_workers() -> int:
+    """Decode threads when none are asked for: one per core (decoding is the bottleneck)."""
+    return max(1, min(32, os.cpu_count() or 2))
+
+
+def _decoded(
+    root: Path, files: list[FileInfo], model: Model, workers: int, batch_size: int = 0
+) -> Iterator[_Item]:
+    """Decode in worker threads, in order, a bounded number of files ahead.
+
+    A whole batch plus a few files per worker stay queued, so the workers keep decoding
+    while the main thread embeds and stores a batch (memory stays bounded all the same).
+    """
+    ahead = batch_size + 4 * workers
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: deque[Future[_Item]] = deque()
         queue = iter(files)
@@ -181,7 +192,7 @@ def embed_files(
     """Embed ``files`` and store them, one transaction per batch. Returns (stored, skipped)."""
     import torch
 
-    workers = workers or max(1, min(32, os.cpu_count() or 2))  # decoding is the bottleneck
+    workers = workers or default_workers()
     skipped: list[Skipped] = []
     stored = 0
     bar = _progress_bar(len(files), progress)
@@ -216,7 +227,7 @@ def embed_files(
         batch.clear()
 
     try:
-        for item in _decoded(root, files, model, workers):
+        for item in _decoded(root, files, model, workers, batch_size):
             if item.error:
                 skip = Skipped(item.info.path, item.error)
                 skipped.append(skip)
