@@ -397,7 +397,8 @@ class Index:
         if tau is not None and config.DEFAULT_METHOD in taus:
             taus[config.DEFAULT_METHOD] = tau
         texts = self.bank.texts
-        shared_ids = [c for c in first.caption_ids if c in set(second.caption_ids)]
+        theirs = set(second.caption_ids)
+        shared_ids = [c for c in first.caption_ids if c in theirs]
         return Comparison(
             a=first.label,
             b=second.label,
@@ -424,20 +425,20 @@ class Index:
     def method_vectors(self, method: str) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Every image's (id, path, vector) for a vector method: inner products are its scores."""
         _check_method(method, config.VECTOR_METHODS)
-        ids, paths, stored = self.store.vectors("caption_vector")
+        column = "image_vector" if method == "image" else "caption_vector"
+        ids, paths, stored = self.store.vectors(column)
         if not len(ids):
             raise ImgsearchError(f"the index at {self.store.path} has no images yet")
+        if method == "image":
+            return ids, paths, stored
+        if method == "caption_avg":
+            caption_ids, caption_scores = self.store.caption_lists(ids)
+            return ids, paths, self.bank.combine(caption_ids, caption_scores, PAPER)
         captions = centered(stored, self.caption_mean())
         if method == "caption":
             return ids, paths, captions
-        _, _, images = self.store.vectors("image_vector")
-        if method == "image":
-            return ids, paths, images
-        if method == "hybrid":
-            images = centered(images, self.image_mean())
-            return ids, paths, hybrid_vectors(captions, images, self.hybrid_alpha)
-        caption_ids, caption_scores = self.store.caption_lists(ids)
-        return ids, paths, self.bank.combine(caption_ids, caption_scores, PAPER)
+        images = centered(self.store.vectors("image_vector")[2], self.image_mean())
+        return ids, paths, hybrid_vectors(captions, images, self.hybrid_alpha)
 
     def graph_tau(self) -> float:
         return float(self.meta.get("tau.graph", config.default_graph_tau(self.model_name)))
@@ -493,7 +494,8 @@ class Index:
         ids, paths, vectors = self.method_vectors(method)
         edges = relations.graph_edges(vectors, tau, k, mutual and k is not None)
         groups = relations.components(len(ids), edges)
-        return Graph([str(self.root / p) for p in paths], edges, groups, method, tau, k, mutual)
+        nodes = [str(self.root / p) for p in paths]
+        return Graph(nodes, edges, groups, method, tau, k, mutual, ids)
 
     def clusters(
         self,
@@ -512,7 +514,7 @@ class Index:
         _check_method(method, config.VECTOR_METHODS)
         if tau is not None:
             graph = self.graph(tau=tau, method=method)
-            groups, ids = graph.groups, self.store.vectors("caption_vector")[0]
+            groups, ids = graph.groups, graph.ids
         else:
             k = config.CLUSTERS_K if k is None else k
             if k < 1:
@@ -758,6 +760,7 @@ class Graph:
     tau: float
     k: int | None
     mutual: bool
+    ids: np.ndarray  # database ids, row for row with ``nodes``
 
     def to_dict(self) -> dict:
         return {

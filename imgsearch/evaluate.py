@@ -211,7 +211,9 @@ def evaluate_index(
     tau: float | None = None,
 ) -> Evaluation:
     """Every method side by side on the indexed, labeled images."""
-    ids, paths, _ = index.store.vectors("image_vector")
+    # Rows in id order, as every method's vectors come (paths only: no vectors read here).
+    states = index.store.file_states()
+    paths = sorted(states, key=lambda p: states[p].id)
     row_of = {p: i for i, p in enumerate(paths) if p in labels}
     if len(row_of) < 2:
         raise ImgsearchError("fewer than two labeled images are indexed")

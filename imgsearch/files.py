@@ -140,8 +140,3 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
-
-
-def open_image(path: Path) -> Image.Image:
-    """Decode a query image at full size (queries are few; no draft needed)."""
-    return decode(path).image

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -253,8 +252,3 @@ def _progress_bar(total: int, enabled: bool):  # noqa: ANN202 - tqdm or None
     from tqdm import tqdm
 
     return tqdm(total=total, unit="img", desc="indexing", file=sys.stderr, dynamic_ncols=True)
-
-
-def timed() -> Callable[[], float]:
-    start = time.perf_counter()
-    return lambda: time.perf_counter() - start

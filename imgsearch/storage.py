@@ -232,18 +232,6 @@ class Store:
             return [], np.zeros((0, 0), np.float32)
         return [r[0] for r in rows], np.stack([_vector(r[1]) for r in rows])
 
-    def caption_texts(self, ids: Iterable[int]) -> dict[int, str]:
-        ids = sorted(set(ids))
-        if not ids:
-            return {}
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(captions_table.c.id, captions_table.c.text).where(
-                    captions_table.c.id.in_(ids)
-                )
-            ).all()
-        return dict(rows)
-
     # --- images -------------------------------------------------------------
 
     def file_states(self) -> dict[str, FileState]:
@@ -353,12 +341,11 @@ class Store:
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(query)]
 
-    def get(self, path: str | None = None, hash: str | None = None) -> ImageRecord | None:
-        """One image by path or by content hash, with its captions."""
+    def get(self, path: str) -> ImageRecord | None:
+        """One image by its path, with its captions."""
         t = images_table
-        cond = t.c.path == path if path is not None else t.c.hash == hash
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(t).where(cond).order_by(t.c.id).limit(1)).first()
+            row = conn.execute(sa.select(t).where(t.c.path == path)).first()
             if row is None:
                 return None
             caps = conn.execute(
