@@ -50,7 +50,6 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:  # torch and imgsearch load after the photo pool has forked
-    import torch
 
     from imgsearch.models import Model
 
@@ -258,7 +257,7 @@ def indexer_workers(workers: int | None) -> int:
 
 def decoded_tensors(
     root: Path, paths: Sequence[Path], model: Model, workers: int
-) -> Iterator[torch.Tensor]:
+) -> Iterator[np.ndarray]:
     """Model-ready tensors, made exactly as the indexer makes them: its own decode stage."""
     from imgsearch.files import FileInfo
     from imgsearch.indexer import _decoded  # private on purpose: it is what is measured
@@ -272,10 +271,10 @@ def decoded_tensors(
 
 def decode_path(
     root: Path, paths: Sequence[Path], model: Model, workers: int
-) -> tuple[Callable[[], Timing], list[torch.Tensor]]:
+) -> tuple[Callable[[], Timing], list[np.ndarray]]:
     """(one timed pass, the tensors for model_alone), after a warm-up."""
     list(decoded_tensors(root, paths[:WARMUP_IMAGES], model, workers))
-    tensors: list[torch.Tensor] = []
+    tensors: list[np.ndarray] = []
 
     def run() -> None:
         tensors[:] = decoded_tensors(root, paths, model, workers)
@@ -283,11 +282,14 @@ def decode_path(
     return lambda: timed(len(paths), run), tensors
 
 
-def model_path(model: Model, tensors: list[torch.Tensor], batch_size: int) -> Callable[[], Timing]:
+def model_path(model: Model, tensors: list[np.ndarray], batch_size: int) -> Callable[[], Timing]:
     """One timed pass over batches stacked beforehand, after a warm-up at the full batch shape."""
     import torch
 
-    batches = [torch.stack(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
+    batches = [
+        torch.from_numpy(np.stack(tensors[i : i + batch_size]))
+        for i in range(0, len(tensors), batch_size)
+    ]
     model.encode_images(batches[0])
 
     def run() -> None:
@@ -302,7 +304,9 @@ def naive_preprocessor(model_arg: str, model: Model) -> tuple[str, Callable[[Ima
     if model_arg == "offline":
         # EfficientNet-Lite0 has no transformers processor: the same resize/crop/normalise,
         # from the full-size image (imgsearch's Preprocess with nothing skipped beforehand).
-        return "PIL resize/crop/normalise at full size", model.preprocess
+        return "PIL resize/crop/normalise at full size", lambda image: model.preprocess.normalize(
+            model.preprocess(image)
+        )[0]
     from transformers import AutoImageProcessor
 
     with warnings.catch_warnings():

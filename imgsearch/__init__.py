@@ -1,10 +1,31 @@
-"""imgsearch: find similar images through the captions a vision-language model picks for them."""
+"""imgsearch: find similar images through the captions a vision-language model picks for them.
 
-from imgsearch.api import Index, Status, default_db, find_db
-from imgsearch.errors import ImgsearchError
-from imgsearch.indexer import IndexSummary, Skipped
-from imgsearch.search import Caption, Hit
+Names load on first use (PEP 562), so a decode worker that imports ``imgsearch.files``
+does not pay for FAISS, SQLAlchemy and the rest.
+"""
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imgsearch.api import Index, Status, default_db, find_db
+    from imgsearch.errors import ImgsearchError
+    from imgsearch.indexer import IndexSummary, Skipped
+    from imgsearch.search import Caption, Hit
+
+_HOMES = {
+    "Caption": "imgsearch.search",
+    "Hit": "imgsearch.search",
+    "ImgsearchError": "imgsearch.errors",
+    "Index": "imgsearch.api",
+    "IndexSummary": "imgsearch.indexer",
+    "Skipped": "imgsearch.indexer",
+    "Status": "imgsearch.api",
+    "default_db": "imgsearch.api",
+    "find_db": "imgsearch.api",
+}
 __all__ = [
     "Caption",
     "Hit",
@@ -17,3 +38,10 @@ __all__ = [
     "find_db",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'imgsearch' has no attribute {name!r}")
+    return getattr(import_module(home), name)

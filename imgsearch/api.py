@@ -723,8 +723,7 @@ class Index:
                 image = decode(path).image
             except BadImage as exc:
                 raise ImgsearchError(f"{image}: {exc}") from None
-        pixels = self.model.preprocess(image).unsqueeze(0)
-        vectors = self.model.encode_images(pixels)
+        vectors = self.model.encode_images(self.model.preprocess(image)[None])
         found = self.bank.describe(vectors.text_space, self.settings)
         return Description(
             found.ids[0].tolist(),

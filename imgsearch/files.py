@@ -9,8 +9,13 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
@@ -140,3 +145,82 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the short side and centre-crop here; scale and normalise on the model's device.
+
+    The first half runs in decode workers (threads or processes) and returns uint8, a quarter
+    of the bytes of float32 to pass between processes and to copy to a GPU; ``normalize``
+    does the rest in one batched tensor operation where the model runs.
+    """
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resample: int = Image.Resampling.BICUBIC
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """(crop, crop, 3) uint8 RGB."""
+        image = image.convert("RGB")
+        w, h = image.size
+        scale = self.resize / min(w, h)
+        size = (max(self.crop, round(w * scale)), max(self.crop, round(h * scale)))
+        if size != (w, h):
+            image = image.resize(size, self.resample, reducing_gap=None)
+        w, h = image.size
+        left, top = (w - self.crop) // 2, (h - self.crop) // 2
+        return np.asarray(image.crop((left, top, left + self.crop, top + self.crop)))
+
+    def normalize(
+        self,
+        pixels: np.ndarray | torch.Tensor,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+    ) -> torch.Tensor:
+        """uint8 (B, H, W, 3) or (H, W, 3) -> normalised float (B, 3, H, W) on ``device``.
+
+        A floating-point (B, 3, H, W) batch is taken as normalised already (as an image
+        processor from transformers makes it) and only moved.
+        """
+        import torch
+
+        batch = torch.as_tensor(pixels)
+        if batch.is_floating_point():
+            return batch.to(device, dtype or batch.dtype, non_blocking=True)
+        if batch.dim() == 3:
+            batch = batch.unsqueeze(0)
+        batch = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=batch.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=batch.device)
+        batch = (batch / 255.0 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        if dtype is not None:
+            batch = batch.to(dtype)
+        # The permuted uint8 layout is already channels-last; CPU convolutions here run
+        # faster on the usual contiguous layout.
+        return batch if channels_last else batch.contiguous()
+
+
+@dataclass
+class Pixels:
+    """One file made ready for the model by a decode worker: what travels back to the indexer."""
+
+    array: np.ndarray | None  # (crop, crop, 3) uint8, None when the file is unusable
+    width: int = 0
+    height: int = 0
+    hash: str = ""
+    error: str = ""
+
+
+def load_pixels(path: Path, preprocess: Preprocess) -> Pixels:
+    """Decode at reduced size and crop. Never raises: one bad file must never stop a run."""
+    try:
+        decoded = decode(path, preprocess.resize)
+        return Pixels(preprocess(decoded.image), decoded.width, decoded.height, decoded.hash)
+    except BadImage as exc:
+        return Pixels(None, error=str(exc))
+    except Exception as exc:  # noqa: BLE001
+        return Pixels(None, error=f"cannot decode: {exc}")

@@ -7,21 +7,23 @@ transaction per batch, so an interrupted run keeps what it finished).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgsearch.files import BadImage, FileInfo, decode, hash_file, walk
+import numpy as np
+
+from imgsearch.files import FileInfo, Pixels, hash_file, load_pixels, walk
 from imgsearch.storage import ImageRecord, Store
 
 if TYPE_CHECKING:
-    import torch
-
     from imgsearch.captions import CaptionBank, CaptionSettings
     from imgsearch.models import Model
 
@@ -129,51 +131,75 @@ def _safe_hash(path: Path) -> str | None:
 @dataclass
 class _Item:
     info: FileInfo
-    pixels: torch.Tensor | None = None
+    pixels: np.ndarray | None = None  # (crop, crop, 3) uint8
     width: int = 0
     height: int = 0
     hash: str = ""
     error: str = ""
 
 
+def _item(info: FileInfo, loaded: Pixels) -> _Item:
+    return _Item(info, loaded.array, loaded.width, loaded.height, loaded.hash, loaded.error)
+
+
 def _load(root: Path, info: FileInfo, model: Model) -> _Item:
-    try:
-        decoded = decode(root / info.path, model.input_size)
-        pixels = model.preprocess(decoded.image)
-    except BadImage as exc:
-        return _Item(info, error=str(exc))
-    except Exception as exc:  # noqa: BLE001 - one bad file must never stop the run
-        return _Item(info, error=f"cannot decode: {exc}")
-    return _Item(info, pixels, decoded.width, decoded.height, decoded.hash)
+    return _item(info, load_pixels(root / info.path, model.preprocess))
 
 
 def default_workers() -> int:
-    """Decode threads when none are asked for: one per core (decoding is the bottleneck)."""
+    """Decode workers when none are asked for: one per core (decoding is the bottleneck)."""
     return max(1, min(32, os.cpu_count() or 2))
 
 
+def use_processes(model: Model) -> bool:
+    """Decode in processes when an accelerator runs the model.
+
+    The main thread then has to batch, search captions and write to the database hundreds
+    of times a second; decode threads would hold the GIL against it. On a CPU the model
+    is the bottleneck and threads cost less (no process start, no copies).
+    """
+    return model.device.type != "cpu"
+
+
+def _quiet_worker() -> None:
+    """Ctrl-C is the parent's to handle: workers stop when the pool shuts down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _decoded(
-    root: Path, files: list[FileInfo], model: Model, workers: int, batch_size: int = 0
+    root: Path,
+    files: list[FileInfo],
+    model: Model,
+    workers: int,
+    batch_size: int = 0,
+    processes: bool | None = None,
 ) -> Iterator[_Item]:
-    """Decode in worker threads, in order, a bounded number of files ahead.
+    """Decode in workers, in order, a bounded number of files ahead.
 
     A whole batch plus a few files per worker stay queued, so the workers keep decoding
     while the main thread embeds and stores a batch (memory stays bounded all the same).
     """
     ahead = batch_size + 4 * workers
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque[Future[_Item]] = deque()
-        queue = iter(files)
-        try:
-            for info in queue:
-                pending.append(pool.submit(_load, root, info, model))
-                if len(pending) >= ahead:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+    if processes is None:
+        processes = use_processes(model)
+    if processes:
+        # spawn: a forked child of a process running torch threads can deadlock.
+        context = multiprocessing.get_context("spawn")
+        pool: Executor = ProcessPoolExecutor(workers, context, initializer=_quiet_worker)
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    pending: deque[tuple[FileInfo, Future[Pixels]]] = deque()
+    try:
+        for info in files:
+            pending.append((info, pool.submit(load_pixels, root / info.path, model.preprocess)))
+            if len(pending) >= ahead:
+                done, future = pending.popleft()
+                yield _item(done, future.result())
+        while pending:
+            done, future = pending.popleft()
+            yield _item(done, future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def embed_files(
@@ -189,7 +215,6 @@ def embed_files(
     progress: bool = False,
 ) -> tuple[int, list[Skipped]]:
     """Embed ``files`` and store them, one transaction per batch. Returns (stored, skipped)."""
-    import torch
 
     workers = workers or default_workers()
     skipped: list[Skipped] = []
@@ -201,7 +226,7 @@ def embed_files(
         nonlocal stored
         if not batch:
             return
-        vectors = model.encode_images(torch.stack([item.pixels for item in batch]))
+        vectors = model.encode_images(np.stack([item.pixels for item in batch]))
         captioned = bank.describe(vectors.text_space, settings)
         store.put_images(
             [

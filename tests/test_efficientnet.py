@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import skimage.data
 import torch
@@ -39,7 +40,8 @@ def model() -> EfficientNetLite:
 @pytest.fixture(scope="module")
 def photos() -> torch.Tensor:
     images = [Image.fromarray(getattr(skimage.data, name)()) for name in PHOTOS]
-    return torch.stack([EFFICIENTNET_LITE0_PREPROCESS(image) for image in images])
+    crops = np.stack([EFFICIENTNET_LITE0_PREPROCESS(image) for image in images])
+    return EFFICIENTNET_LITE0_PREPROCESS.normalize(crops)
 
 
 @pytest.fixture(scope="module")

@@ -236,3 +236,28 @@ def test_search_index_is_saved_reused_and_rebuilt_when_stale(
     saved.write_bytes(b"not an index")
     assert Index.open(db).query(photos / "chelsea.jpg", k=3) == hits
     assert saved.read_bytes() != b"not an index"
+
+
+def test_decoding_in_processes_gives_what_threads_give(photos: Path) -> None:
+    """The GPU path decodes in worker processes; the bytes reaching the model must not differ."""
+    from imgsearch.files import walk
+    from imgsearch.indexer import _decoded
+    from imgsearch.models.efficientnet import EFFICIENTNET_LITE0_PREPROCESS
+
+    class Stub:  # only what the decode stage reads of a model
+        preprocess = EFFICIENTNET_LITE0_PREPROCESS
+
+    files = sorted(walk(photos), key=lambda f: f.path)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    files.append(next(f for f in walk(photos) if f.path == "broken.jpg"))
+    threads = list(_decoded(photos, files, Stub(), workers=2, processes=False))
+    processes = list(_decoded(photos, files, Stub(), workers=2, processes=True))
+    assert [i.info.path for i in processes] == [f.path for f in files]
+    for a, b in zip(threads, processes):
+        assert (a.width, a.height, a.hash, a.error) == (b.width, b.height, b.hash, b.error)
+        if a.pixels is None:
+            assert b.pixels is None and a.error
+        else:
+            assert a.pixels.dtype == np.uint8 and a.pixels.shape == (224, 224, 3)
+            np.testing.assert_array_equal(a.pixels, b.pixels)
+    assert sum(i.pixels is None for i in processes) == 1

@@ -9,8 +9,9 @@ A backend turns decoded images into two vectors each and texts into one:
   caption bank lives. For CLIP this is the same vector as ``image``; for the
   offline model it is built from the classifier's predictions.
 
-Preprocessing (``preprocess``) runs in decode workers, away from the model, so
-it must be a plain function of a PIL image that returns a CHW float tensor.
+Preprocessing (``preprocess``, an ``imgsearch.files.Preprocess``) runs in decode
+workers, away from the model: resize and crop to uint8 there, then ``encode_images``
+normalises the batch on the model's device.
 """
 
 from __future__ import annotations
@@ -19,37 +20,12 @@ import hashlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import platformdirs
 import torch
-from PIL import Image
 
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Resize the short side, centre-crop, normalise: what every backend here needs."""
-
-    resize: int
-    crop: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resample: int = Image.Resampling.BICUBIC
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
-        w, h = image.size
-        scale = self.resize / min(w, h)
-        size = (max(self.crop, round(w * scale)), max(self.crop, round(h * scale)))
-        if size != (w, h):
-            image = image.resize(size, self.resample, reducing_gap=None)
-        w, h = image.size
-        left, top = (w - self.crop) // 2, (h - self.crop) // 2
-        image = image.crop((left, top, left + self.crop, top + self.crop))
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return torch.from_numpy(array.transpose(2, 0, 1).copy())
+from imgsearch.config import cache_dir
+from imgsearch.files import Preprocess
 
 
 @dataclass
@@ -75,8 +51,8 @@ class Model(ABC):
         return self.preprocess.resize
 
     @abstractmethod
-    def encode_images(self, pixels: torch.Tensor) -> ImageEmbeddings:
-        """Embed a (B, 3, H, W) batch made by ``preprocess``."""
+    def encode_images(self, pixels: np.ndarray | torch.Tensor) -> ImageEmbeddings:
+        """Embed a uint8 (B, H, W, 3) batch made by ``preprocess`` (array or tensor)."""
 
     @abstractmethod
     def encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -88,12 +64,6 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
-
-
-def cache_dir() -> Path:
-    """Where embedded caption banks are kept between runs ($IMGSEARCH_CACHE_DIR overrides)."""
-    override = os.environ.get("IMGSEARCH_CACHE_DIR")
-    return Path(override) if override else Path(platformdirs.user_cache_dir("imgsearch"))
 
 
 def cached_text_vectors(model: Model, texts: list[str], batch_size: int = 256) -> np.ndarray:

@@ -36,8 +36,9 @@ class ClipModel(Model):
         self.preprocess = _preprocess_for(source, local_files_only, self.model.config)
 
     @torch.inference_mode()
-    def encode_images(self, pixels: torch.Tensor) -> ImageEmbeddings:
-        pixels = pixels.to(self.device, self.dtype, non_blocking=True)
+    def encode_images(self, pixels: np.ndarray | torch.Tensor) -> ImageEmbeddings:
+        channels_last = self.device.type == "cuda"
+        pixels = self.preprocess.normalize(pixels, self.device, self.dtype, channels_last)
         out = self.model.get_image_features(pixel_values=pixels)
         # transformers 5 returns an output object, 4.x a tensor.
         features = out if isinstance(out, torch.Tensor) else out.pooler_output

@@ -54,8 +54,8 @@ class OfflineModel(Model):
         self.class_vectors = torch.from_numpy(cached_text_vectors(self, prompts)).to(device)
 
     @torch.inference_mode()
-    def encode_images(self, pixels: torch.Tensor) -> ImageEmbeddings:
-        pixels = pixels.to(self.device, non_blocking=True)
+    def encode_images(self, pixels: np.ndarray | torch.Tensor) -> ImageEmbeddings:
+        pixels = self.preprocess.normalize(pixels, self.device)
         features = self.net.forward_features(pixels)
         probs = (self.net.classify(features) / self.temperature).softmax(dim=-1)
         top_p, top_i = probs.topk(self.top_classes, dim=-1)
