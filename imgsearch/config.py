@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import platformdirs
+
 from imgsearch.captions import CaptionSettings
 
 BATCH_SIZE = 32
@@ -82,3 +87,18 @@ def default_graph_tau(model: str) -> float:
 
 def duplicate_threshold(model: str) -> float:
     return DUPLICATE_THRESHOLD[model_family(model)]
+
+
+def cache_dir() -> Path:
+    """The per-user cache folder ($IMGSEARCH_CACHE_DIR overrides): embedded caption banks,
+    and the files a database URL has no folder beside it to keep. Here, not beside the
+    models, so that finding it does not load torch."""
+    override = os.environ.get("IMGSEARCH_CACHE_DIR")
+    return Path(override) if override else Path(platformdirs.user_cache_dir("imgsearch"))
+
+
+# Viewers: the web UI (`imgsearch serve`), HTML reports and the map.
+SERVE_PORT = 8000
+THUMBNAIL_SIZE = 256  # longest side of a grid thumbnail, in pixels
+UPLOAD_LIMIT = 20 * 1024 * 1024  # bytes; a larger query upload is refused (413)
+TSNE_MAX_IMAGES = 3000  # t-SNE up to this many images; PCA above (t-SNE grows as n log n)
