@@ -10,9 +10,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import stat
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imgsearch.files import FileInfo, Pixels, hash_file, load_pixels, walk
+from imgsearch.files import FileInfo, Pixels, hash_file, is_image_name, load_pixels, walk
 from imgsearch.storage import ImageRecord, Store
 
 if TYPE_CHECKING:
@@ -71,10 +72,18 @@ class Plan:
     known_bad: list[Skipped]
 
 
-def plan(root: Path, store: Store) -> Plan:
-    """Compare the folder with the index using size and mtime first, content hashes second."""
-    on_disk = {f.path: f for f in walk(root)}
-    indexed = store.file_states()
+def plan(root: Path, store: Store, only: Collection[str] | None = None) -> Plan:
+    """Compare the folder with the index using size and mtime first, content hashes second.
+
+    ``only`` (paths relative to ``root``) limits the comparison to those files, for a run
+    given a list of files: indexed files not in it are neither checked nor removed.
+    """
+    if only is None:
+        on_disk = {f.path: f for f in walk(root)}
+        indexed = store.file_states()
+    else:
+        on_disk = {f.path: f for f in listed(root, only)}
+        indexed = {p: s for p, s in store.file_states().items() if p in only}
     bad = store.skipped_files()
     embed: list[FileInfo] = []
     changed: set[str] = set()
@@ -119,6 +128,20 @@ def plan(root: Path, store: Store) -> Plan:
         embed.extend(new)
         remove = sorted(s.id for s in vanished.values())
     return Plan(embed, changed, relocate, moved, remove, unchanged, known_bad)
+
+
+def listed(root: Path, paths: Collection[str]) -> Iterator[FileInfo]:
+    """The listed files that exist, filtered as ``walk`` filters a folder (image names only,
+    nothing hidden, no symbolic links), without walking the folder."""
+    for path in sorted(paths):
+        if any(part.startswith(".") for part in path.split("/")) or not is_image_name(path):
+            continue
+        try:
+            st = os.stat(root / path, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            yield FileInfo(path, st.st_size, st.st_mtime_ns)
 
 
 def _safe_hash(path: Path) -> str | None:
@@ -202,6 +225,71 @@ def _decoded(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def embed_batch(
+    items: list[_Item], model: Model, bank: CaptionBank, settings: CaptionSettings
+) -> list[ImageRecord]:
+    """Decoded files to the records stored for them: the model, then the caption bank.
+
+    The single-process indexer and the Ray model workers both call this, so both store the
+    same vectors and captions for the same files.
+    """
+    vectors = model.encode_images(np.stack([item.pixels for item in items]))
+    captioned = bank.describe(vectors.text_space, settings)
+    return [
+        ImageRecord(
+            path=item.info.path,
+            size=item.info.size,
+            mtime_ns=item.info.mtime_ns,
+            hash=item.hash,
+            width=item.width,
+            height=item.height,
+            image_vector=vectors.image[i],
+            caption_vector=captioned.vectors[i],
+            caption_ids=captioned.ids[i].tolist(),
+            caption_scores=captioned.scores[i].tolist(),
+        )
+        for i, item in enumerate(items)
+    ]
+
+
+class BatchWriter:
+    """The one place a run writes from: records one transaction per batch, bad files
+    remembered and reported. With Ray, only the driver holds one, so a worker that dies
+    and is retried never writes anything twice."""
+
+    def __init__(
+        self,
+        store: Store,
+        total: int,
+        on_skip: Callable[[Skipped], None] | None = None,
+        progress: bool = False,
+    ):
+        self.store = store
+        self.on_skip = on_skip
+        self.stored = 0
+        self.skipped: list[Skipped] = []
+        self.bar = _progress_bar(total, progress)
+
+    def put(self, records: list[ImageRecord]) -> None:
+        self.store.put_images(records)
+        self.stored += len(records)
+        if self.bar is not None:
+            self.bar.update(len(records))
+
+    def skip(self, info: FileInfo, reason: str) -> None:
+        skip = Skipped(info.path, reason)
+        self.skipped.append(skip)
+        self.store.mark_skipped(info.path, info.size, info.mtime_ns, reason)
+        if self.on_skip is not None:
+            self.on_skip(skip)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def embed_files(
     root: Path,
     files: list[FileInfo],
@@ -217,58 +305,22 @@ def embed_files(
     """Embed ``files`` and store them, one transaction per batch. Returns (stored, skipped)."""
 
     workers = workers or default_workers()
-    skipped: list[Skipped] = []
-    stored = 0
-    bar = _progress_bar(len(files), progress)
+    writer = BatchWriter(store, len(files), on_skip, progress)
     batch: list[_Item] = []
-
-    def flush() -> None:
-        nonlocal stored
-        if not batch:
-            return
-        vectors = model.encode_images(np.stack([item.pixels for item in batch]))
-        captioned = bank.describe(vectors.text_space, settings)
-        store.put_images(
-            [
-                ImageRecord(
-                    path=item.info.path,
-                    size=item.info.size,
-                    mtime_ns=item.info.mtime_ns,
-                    hash=item.hash,
-                    width=item.width,
-                    height=item.height,
-                    image_vector=vectors.image[i],
-                    caption_vector=captioned.vectors[i],
-                    caption_ids=captioned.ids[i].tolist(),
-                    caption_scores=captioned.scores[i].tolist(),
-                )
-                for i, item in enumerate(batch)
-            ]
-        )
-        stored += len(batch)
-        if bar is not None:
-            bar.update(len(batch))
-        batch.clear()
-
     try:
         for item in _decoded(root, files, model, workers, batch_size):
             if item.error:
-                skip = Skipped(item.info.path, item.error)
-                skipped.append(skip)
-                store.mark_skipped(item.info.path, item.info.size, item.info.mtime_ns, item.error)
-                if on_skip is not None:
-                    on_skip(skip)
-                if bar is not None:
-                    bar.update(1)
+                writer.skip(item.info, item.error)
                 continue
             batch.append(item)
             if len(batch) >= batch_size:
-                flush()
-        flush()
+                writer.put(embed_batch(batch, model, bank, settings))
+                batch.clear()
+        if batch:
+            writer.put(embed_batch(batch, model, bank, settings))
     finally:
-        if bar is not None:
-            bar.close()
-    return stored, skipped
+        writer.close()
+    return writer.stored, writer.skipped
 
 
 def _progress_bar(total: int, enabled: bool):  # noqa: ANN202 - tqdm or None
