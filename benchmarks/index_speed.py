@@ -217,19 +217,34 @@ def _cpu_jiffies() -> tuple[float, float]:
     return (total - fields[3] - fields[4]) / hz, total / hz
 
 
+def _own_cpu() -> float:
+    """CPU seconds of this process and its children, live ones included (decode workers)."""
+    own = sum(os.times()[:4])
+    me = str(os.getpid())
+    hz = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == me:  # fields[1] is the parent's pid; [11], [12]: user, system ticks
+            own += (int(fields[11]) + int(fields[12])) / hz
+    return own
+
+
 def timed(images: int, run: Callable[[], object]) -> Timing:
     """Time ``run``, and measure how much of the machine others used while it ran.
 
-    Busy time of all cores minus this process's own CPU time: on a shared machine this
-    tells a slow figure from a slow pipeline.
+    Busy time of all cores minus the CPU time of this process and its children (the decode
+    workers): on a shared machine this tells a slow figure from a slow pipeline.
     """
     busy0, total0 = _cpu_jiffies()
-    own0 = sum(os.times()[:2])
+    own0 = _own_cpu()
     start = time.perf_counter()
     run()
     seconds = time.perf_counter() - start
     busy1, total1 = _cpu_jiffies()
-    own = sum(os.times()[:2]) - own0
+    own = _own_cpu() - own0
     others = max(0.0, (busy1 - busy0) - own) / max(total1 - total0, 1e-9)
     return Timing(images, seconds, min(others, 1.0))
 

@@ -15,6 +15,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -189,6 +190,20 @@ def _quiet_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """One pool per process and width, kept for the next run: starting 16 interpreters
+    costs a second or more, which a server or a second ``add()`` should not pay again."""
+    pool = _POOLS.get(workers)
+    if pool is None:
+        # spawn: a forked child of a process running torch threads can deadlock.
+        context = multiprocessing.get_context("spawn")
+        pool = _POOLS[workers] = ProcessPoolExecutor(workers, context, initializer=_quiet_worker)
+    return pool
+
+
 def _decoded(
     root: Path,
     files: list[FileInfo],
@@ -205,12 +220,11 @@ def _decoded(
     ahead = batch_size + 4 * workers
     if processes is None:
         processes = use_processes(model)
+    threads = None
     if processes:
-        # spawn: a forked child of a process running torch threads can deadlock.
-        context = multiprocessing.get_context("spawn")
-        pool: Executor = ProcessPoolExecutor(workers, context, initializer=_quiet_worker)
+        pool: Executor = _process_pool(workers)
     else:
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        pool = threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
     pending: deque[tuple[FileInfo, Future[Pixels]]] = deque()
     try:
         for info in files:
@@ -221,8 +235,14 @@ def _decoded(
         while pending:
             done, future = pending.popleft()
             yield _item(done, future.result())
+    except BrokenProcessPool:
+        _POOLS.pop(workers, None)
+        raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for _, future in pending:
+            future.cancel()
+        if threads is not None:
+            threads.shutdown(wait=True, cancel_futures=True)
 
 
 def embed_batch(
