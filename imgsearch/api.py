@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from imgsearch.evaluate import Evaluation, read_labels, read_pairs
 from imgsearch.files import BadImage, decode
 from imgsearch.indexer import IndexSummary, Skipped, embed_files, plan
 from imgsearch.search import Caption, Hit, VectorIndex
-from imgsearch.storage import Store
+from imgsearch.storage import Store, is_url
 
 if TYPE_CHECKING:
     from imgsearch.models import Model
@@ -77,7 +78,8 @@ def find_db(start: str | os.PathLike | None = None) -> Path:
 
 
 class Index:
-    """An image index: one SQLite file, its root folder, its model and caption bank.
+    """An image index: one database (a SQLite file or a PostgreSQL URL), its root folder,
+    its model and caption bank.
 
     >>> index = Index.create("photos")          # or Index.open() inside an indexed folder
     >>> index.add()                              # embeds new and changed photos
@@ -92,8 +94,9 @@ class Index:
         self._vectors: dict = {}  # per-method search indexes and the caption mean, until changes
         self.meta = store.meta()
         if "model" not in self.meta:
-            raise ImgsearchError(f"{store.path} is not a complete imgsearch index")
-        self.root = (store.path.parent / self.meta["root"]).resolve()
+            raise ImgsearchError(f"{store.name} is not a complete imgsearch index")
+        here = store.path.parent if store.path is not None else Path.cwd()  # see _stored_root
+        self.root = (here / self.meta["root"]).resolve()
 
     # --- opening ------------------------------------------------------------
 
@@ -105,7 +108,7 @@ class Index:
         device: str | None = None,
     ) -> Index:
         """Open an existing index (``db``, or the one found from the current folder)."""
-        path = Path(db).expanduser() if db else find_db()
+        path = _db_target(db) if db else find_db()
         index = cls(Store.open(path), device)
         index._check_model(model)
         return index
@@ -125,7 +128,7 @@ class Index:
         root_path = Path(root).expanduser().resolve()
         if not root_path.is_dir():
             raise ImgsearchError(f"{root}: no such folder")
-        path = Path(db).expanduser() if db else default_db(root_path)
+        path = _db_target(db) if db else default_db(root_path)
         store = Store.open(path, create=True)
         meta = store.meta()
         if "model" in meta:
@@ -156,7 +159,7 @@ class Index:
                 "captions_digest": bank_digest(texts),
                 "caption_settings": settings.to_json(),
                 "hybrid_alpha": str(config.HYBRID_ALPHA),
-                "root": os.path.relpath(root_path, path.parent.resolve()),
+                "root": _stored_root(store, root_path),
                 "created": str(time.time()),
                 **{f"tau.{m}": str(config.default_tau(loaded.name, m)) for m in config.METHODS},
                 "tau.graph": str(config.default_graph_tau(loaded.name)),
@@ -197,9 +200,9 @@ class Index:
             )
 
     def _set_root(self, root: Path) -> None:
-        relative = os.path.relpath(root, self.store.path.parent.resolve())
-        self.store.set_meta({"root": relative})
-        self.meta["root"] = relative
+        stored = _stored_root(self.store, root)
+        self.store.set_meta({"root": stored})
+        self.meta["root"] = stored
         self.root = root
 
     # --- properties -----------------------------------------------------------
@@ -315,7 +318,7 @@ class Index:
     def status(self) -> Status:
         return Status(
             root=str(self.root),
-            db=str(self.store.path.resolve()),
+            db=str(self.store.path.resolve()) if self.store.path else self.store.name,
             model=self.model_name,
             captions=self.meta["captions"],
             caption_count=len(self.bank.texts),
@@ -428,7 +431,7 @@ class Index:
         column = "image_vector" if method == "image" else "caption_vector"
         ids, paths, stored = self.store.vectors(column)
         if not len(ids):
-            raise ImgsearchError(f"the index at {self.store.path} has no images yet")
+            raise ImgsearchError(f"the index at {self.store.name} has no images yet")
         if method == "image":
             return ids, paths, stored
         if method == "caption_avg":
@@ -664,7 +667,16 @@ class Index:
         return self._vectors[method]
 
     def _derived_path(self, name: str) -> Path:
-        return self.store.path.with_name(f"{self.store.path.name}.{name}")
+        """Where a file made from the database is kept: beside a SQLite file; for a URL, in
+        the cache folder, one subfolder per database (a hash of the URL, password masked),
+        so every machine keeps its own copy, stamped with the generation like any other."""
+        if self.store.path is not None:
+            return self.store.path.with_name(f"{self.store.path.name}.{name}")
+        key = hashlib.sha256(self.store.name.encode()).hexdigest()[:16]
+        folder = config.cache_dir() / "databases" / key
+        with contextlib.suppress(OSError):  # unwritable: the file is simply not kept
+            folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"index.{name}"
 
     def _means(self) -> dict[str, np.ndarray]:
         """The collection's mean caption and image vectors, kept beside the database like
@@ -871,6 +883,19 @@ def _free_path(path: Path) -> Path:
         number += 1
         candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
     return candidate
+
+
+def _db_target(db: str | os.PathLike) -> str | Path:
+    """A database URL as given, or a SQLite file path."""
+    return str(db) if is_url(db) else Path(db).expanduser()
+
+
+def _stored_root(store: Store, root: Path) -> str:
+    """How an index records its root folder: relative to a SQLite file, so a library moved
+    together with its index keeps working; absolute for a URL, which has no place on disk."""
+    if store.path is None:
+        return str(root)
+    return os.path.relpath(root, store.path.parent.resolve())
 
 
 def _check_method(method: str, allowed: Sequence[str] = config.METHODS) -> None:

@@ -13,10 +13,20 @@ from imgsearch import config, relations
 from imgsearch.api import Index
 from imgsearch.errors import ImgsearchError
 
+# --db: a SQLite file path, or a database URL (anything with '://') kept as text.
+Db = Path | str | None
+
+
+def db_value(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Db:
+    return value if value is None or "://" in value else Path(value)
+
+
 db_option = click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Index database (default: FOLDER/.imgsearch/index.db, or found from the current folder).",
+    metavar="PATH|URL",
+    callback=db_value,
+    help="Index database: a SQLite file (default: FOLDER/.imgsearch/index.db, or found from "
+    "the current folder) or a URL, postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 captions_option = click.option(
@@ -97,7 +107,7 @@ def main() -> None:
 @json_option
 def index(
     folder: Path,
-    db: Path | None,
+    db: Db,
     model: str | None,
     captions: Path | None,
     top_n: int,
@@ -148,7 +158,7 @@ def query(
     under: Path | None,
     explain: bool,
     method: str,
-    db: Path | None,
+    db: Db,
     device: str,
     as_json: bool,
 ) -> None:
@@ -185,7 +195,7 @@ def query(
 @db_option
 @device_option
 @json_option
-def captions(image: Path, db: Path | None, device: str, as_json: bool) -> None:
+def captions(image: Path, db: Db, device: str, as_json: bool) -> None:
     """Show IMAGE's top-N captions: the explanation its similarities rest on."""
     with Index.open(db, device=device) as ix:
         found = ix.captions(image)
@@ -199,7 +209,7 @@ def captions(image: Path, db: Path | None, device: str, as_json: bool) -> None:
 @main.command()
 @db_option
 @json_option
-def status(db: Path | None, as_json: bool) -> None:
+def status(db: Db, as_json: bool) -> None:
     """Show the index's root, model, caption bank, size."""
     with Index.open(db) as ix:
         info = ix.status()
@@ -216,7 +226,7 @@ def status(db: Path | None, as_json: bool) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @db_option
 @json_option
-def remove(path: Path, db: Path | None, as_json: bool) -> None:
+def remove(path: Path, db: Db, as_json: bool) -> None:
     """Drop a file or folder from the index (files on disk are not touched)."""
     with Index.open(db) as ix:
         removed = ix.remove(path)
@@ -260,7 +270,7 @@ def parse_methods(text: str) -> list[str]:
 @json_option
 def evaluate(
     folder: Path,
-    db: Path | None,
+    db: Db,
     model: str | None,
     captions: Path | None,
     methods: str,
@@ -302,7 +312,7 @@ def evaluate(
 def compare(
     a: Path,
     b: Path,
-    db: Path | None,
+    db: Db,
     model: str | None,
     methods: str,
     tau: float | None,
@@ -380,7 +390,7 @@ def graph(
     mutual: bool,
     fmt: str,
     output: Path | None,
-    db: Path | None,
+    db: Db,
 ) -> None:
     """The relationship graph: edges between images whose score is at least tau."""
     with Index.open(db) as ix:
@@ -407,7 +417,7 @@ def graph(
 @method_option
 @db_option
 @json_option
-def clusters(k: int | None, tau: float | None, method: str, db: Path | None, as_json: bool) -> None:
+def clusters(k: int | None, tau: float | None, method: str, db: Db, as_json: bool) -> None:
     """Group the collection; each group is named by its members' most common captions."""
     with Index.open(db) as ix:
         found = ix.clusters(k=k, tau=tau, method=method)
@@ -433,9 +443,7 @@ def clusters(k: int | None, tau: float | None, method: str, db: Path | None, as_
 )
 @db_option
 @json_option
-def duplicates(
-    threshold: float | None, move_to: Path | None, db: Path | None, as_json: bool
-) -> None:
+def duplicates(threshold: float | None, move_to: Path | None, db: Db, as_json: bool) -> None:
     """Find near-duplicate images; the one to keep (most pixels) comes first."""
     with Index.open(db) as ix:
         groups = ix.duplicates(threshold)
@@ -490,7 +498,7 @@ def sets(
     min_pair: float | None,
     top_m: int | None,
     score: str,
-    db: Path | None,
+    db: Db,
     model: str | None,
     captions: Path | None,
     quiet: bool,

@@ -1,16 +1,20 @@
-"""Everything the index keeps on disk, behind one class.
+"""Everything the index keeps in its database, behind one class.
 
-SQLite through SQLAlchemy Core: the caption bank once, then one row per image
-(its file facts, its own image vector and its mean caption vector) and its
-top-N captions with their match scores. Vectors are float32 blobs. The schema
-is versioned with numbered migrations so an old index opens in a new release.
+SQLAlchemy Core over SQLite (a file: the embedded default) or PostgreSQL (a URL: several
+writers and machines sharing one catalogue), with the same tables, statements and
+migrations: the caption bank once, then one row per image (its file facts, its own image
+vector and its mean caption vector) and its top-N captions with their match scores.
+Vectors are float32 blobs (BLOB on SQLite, BYTEA on PostgreSQL). The schema is versioned
+with numbered migrations so an old index opens in a new release.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 from filelock import FileLock, Timeout
+from sqlalchemy.dialects import postgresql, sqlite
 
 from imgsearch.errors import ImgsearchError
 
@@ -81,6 +86,9 @@ skipped_table = sa.Table(
 
 def _migration_1(conn: sa.Connection) -> None:
     metadata.create_all(conn)
+    # The generation row exists from the start, so bumping it is one UPDATE (see
+    # _bump_generation) that concurrent writers queue on, never two racing INSERTs.
+    conn.execute(meta_table.insert().values(key="generation", value="0"))
 
 
 # Numbered schema steps; index i brings a database from version i to i + 1.
@@ -120,16 +128,38 @@ def _vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.float32)
 
 
-class Store:
-    """An index database. Open with ``Store.open``; one writer at a time (``writer()``)."""
+def is_url(db: str | os.PathLike) -> bool:
+    """A database URL (``postgresql+psycopg://...``) rather than a SQLite file path."""
+    return isinstance(db, str) and "://" in db
 
-    def __init__(self, path: Path, engine: sa.Engine):
+
+def mask_password(url: str) -> str:
+    """``url`` with its password hidden, also for text SQLAlchemy cannot parse."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+class Store:
+    """An index database. Open with ``Store.open``; one writer at a time (``writer()``).
+
+    ``path`` is the SQLite file, or None for a database URL; ``name`` is what messages
+    show: the file, or the URL with its password masked.
+    """
+
+    def __init__(self, path: Path | None, engine: sa.Engine, name: str | None = None):
         self.path = path
         self.engine = engine
+        self.name = name if name is not None else str(path)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
 
     @classmethod
-    def open(cls, path: Path, create: bool = False) -> Store:
-        path = Path(path)
+    def open(cls, db: str | os.PathLike, create: bool = False) -> Store:
+        """Open (``create``: or make) the index at a SQLite file path or a PostgreSQL URL."""
+        if is_url(db):
+            return cls._open_url(str(db), create)
+        path = Path(db)
         if not path.exists():
             if not create:
                 raise ImgsearchError(f"no index at {path}: run 'imgsearch index FOLDER' first")
@@ -145,18 +175,65 @@ class Store:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         store = cls(path, engine)
         try:
-            store._migrate()
+            store._migrate(create)
         except sa.exc.DatabaseError as exc:
             engine.dispose()
             reason = str(exc.orig) if exc.orig else str(exc)
             raise ImgsearchError(f"cannot open the index at {path}: {reason}") from None
         return store
 
+    @classmethod
+    def _open_url(cls, text: str, create: bool) -> Store:
+        """A PostgreSQL database; every way of failing to reach it is one line."""
+        try:
+            url = sa.engine.make_url(text)
+        except sa.exc.ArgumentError:
+            raise ImgsearchError(f"cannot read the database URL {mask_password(text)!r}") from None
+        name = url.render_as_string(hide_password=True)
+        if url.drivername in ("postgres", "postgresql"):
+            # A bare postgresql:// would mean psycopg2; psycopg (3) is the one the extra installs.
+            url = url.set(drivername="postgresql+psycopg")
+        if url.get_backend_name() != "postgresql":
+            raise ImgsearchError(
+                f"unsupported database {name}: give a SQLite file path or a "
+                "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE URL"
+            )
+        if url.get_driver_name() not in ("psycopg", "psycopg2"):
+            raise ImgsearchError(f"unsupported PostgreSQL driver in {name}: use postgresql+psycopg")
+        if "connect_timeout" not in url.query:  # a libpq setting: an unreachable host fails soon
+            url = url.update_query_dict({"connect_timeout": "10"})
+        try:
+            engine = sa.create_engine(url, pool_size=2, max_overflow=8)
+        except ImportError:
+            driver = url.get_driver_name()
+            fix = "pip install 'imgsearch[postgres]'" if driver == "psycopg" else "use +psycopg"
+            raise ImgsearchError(
+                f"{name} needs the {driver} package, not installed: {fix}"
+            ) from None
+        # Lost or refused connections, later as well as now, become one line naming the URL.
+        sa.event.listen(engine, "handle_error", _connection_error(name, url.password))
+        store = cls(None, engine, name)
+        try:
+            store._migrate(create)
+        except sa.exc.DBAPIError as exc:  # e.g. a role that may not create tables
+            engine.dispose()
+            reason = " ".join(str(exc.orig or exc).split())
+            raise ImgsearchError(f"cannot open the index at {name}: {reason}") from None
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
     def close(self) -> None:
         self.engine.dispose()
 
-    def _migrate(self) -> None:
+    def _migrate(self, create: bool) -> None:
         with self.engine.begin() as conn:
+            if self.is_postgres:
+                # Processes opening a new database at once: one creates the tables, the
+                # others wait for it (until commit) and then find them made.
+                key = _lock_key(conn, "migrate")
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
             has_meta = sa.inspect(conn).has_table("meta")
             version = 0
             if has_meta:
@@ -166,8 +243,12 @@ class Store:
                 version = int(row[0]) if row else 0
             if version > SCHEMA_VERSION:
                 raise ImgsearchError(
-                    f"the index at {self.path} was made by a newer imgsearch "
+                    f"the index at {self.name} was made by a newer imgsearch "
                     f"(schema {version}); upgrade imgsearch to use it"
+                )
+            if not has_meta and not create:
+                raise ImgsearchError(
+                    f"no index in {self.name} yet: run 'imgsearch index FOLDER' with this --db"
                 )
             for step in MIGRATIONS[version:]:
                 step(conn)
@@ -176,14 +257,32 @@ class Store:
 
     @contextmanager
     def writer(self) -> Iterator[None]:
-        """Hold the index's write lock: a second writer stops at once with a clear message."""
+        """Hold the index's write lock: a second writer stops at once with a clear message.
+
+        SQLite: a lock file beside the database. PostgreSQL: a session advisory lock, held
+        on a connection of its own for as long as the writer runs; a writer that dies
+        loses its connection and with it the lock, so no stale lock is ever left behind.
+        """
+        busy = ImgsearchError(
+            f"another imgsearch process is updating {self.name}; wait for it to finish"
+        )
+        if self.is_postgres:
+            # Autocommit: the lock belongs to the session, and an open transaction held
+            # for the whole run would keep the server from cleaning up old row versions.
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                key = _lock_key(conn, "writer")
+                if not conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar():
+                    raise busy
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+            return
         lock = FileLock(str(self.path) + ".lock", timeout=0)
         try:
             lock.acquire()
         except Timeout:
-            raise ImgsearchError(
-                f"another imgsearch process is updating {self.path}; wait for it to finish"
-            ) from None
+            raise busy from None
         try:
             yield
         finally:
@@ -285,10 +384,9 @@ class Store:
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     def mark_skipped(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
-        t = skipped_table
+        row = {"path": path, "size": size, "mtime_ns": mtime_ns, "reason": reason}
         with self.engine.begin() as conn:
-            conn.execute(t.delete().where(t.c.path == path))
-            conn.execute(t.insert().values(path=path, size=size, mtime_ns=mtime_ns, reason=reason))
+            _upsert(conn, skipped_table, row, "path")
 
     def forget_skipped(self, keep: set[str]) -> None:
         """Drop failure records of files that are gone."""
@@ -306,9 +404,11 @@ class Store:
         with self.engine.begin() as conn:
             _bump_generation(conn)
             # Two steps, so that paths swapped between files never clash on the unique key.
+            # The placeholder starts with '/', which no stored (relative) path does, and has
+            # no NUL byte, which PostgreSQL text cannot hold.
             for image_id, _, _, _ in changes:
                 conn.execute(
-                    t.update().where(t.c.id == image_id).values(path=f"\0moving/{image_id}")
+                    t.update().where(t.c.id == image_id).values(path=f"/moving/{image_id}")
                 )
             for image_id, path, size, mtime_ns in changes:
                 conn.execute(
@@ -335,9 +435,9 @@ class Store:
         query = sa.select(t.c.id)
         if prefix:
             folder = prefix.rstrip("/") + "/"
-            query = query.where(
-                sa.or_(t.c.path == prefix, t.c.path.startswith(folder, autoescape=True))
-            )
+            # substr, not LIKE: LIKE ignores case on SQLite and not on PostgreSQL.
+            inside = sa.func.substr(t.c.path, 1, len(folder)) == folder
+            query = query.where(sa.or_(t.c.path == prefix, inside))
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(query)]
 
@@ -402,7 +502,8 @@ class Store:
         """Pixel counts (width x height) in the order of ``ids``."""
         t = images_table
         with self.engine.connect() as conn:
-            rows = dict(conn.execute(sa.select(t.c.id, t.c.width * t.c.height)).all())
+            pixels = sa.cast(t.c.width, sa.BigInteger) * t.c.height  # no int4 overflow on PG
+            rows = dict(conn.execute(sa.select(t.c.id, pixels)).all())
         return [int(rows[int(i)]) for i in ids]
 
     def caption_lists(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -423,6 +524,14 @@ class Store:
         return caption_ids, scores
 
     def size_on_disk(self) -> int:
+        if self.is_postgres:  # tables with their indexes and TOAST (where vectors live)
+            with self.engine.connect() as conn:
+                return sum(
+                    conn.execute(
+                        sa.text("SELECT pg_total_relation_size(CAST(:t AS regclass))"), {"t": t}
+                    ).scalar_one()
+                    for t in metadata.tables
+                )
         return sum(
             os.path.getsize(p)
             for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
@@ -443,14 +552,50 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API conne
 def _bump_generation(conn: sa.Connection) -> None:
     """Count every change to the vectors, inside its own transaction: files derived from
     them (search indexes, means) carry the generation they were made at, and a different
-    one means stale."""
-    row = conn.execute(
-        sa.select(meta_table.c.value).where(meta_table.c.key == "generation")
-    ).first()
-    _upsert_meta(conn, {"generation": str(int(row[0]) + 1 if row else 1)})
+    one means stale.
+
+    One UPDATE, the first write of every changing transaction: the row lock it takes makes
+    concurrent writers' transactions queue here, so each sees the others' committed rows
+    and no increment is lost (on SQLite the database's write lock does the same)."""
+    t = meta_table
+    value = sa.cast(sa.cast(t.c.value, sa.BigInteger) + 1, sa.Text)
+    bumped = conn.execute(t.update().where(t.c.key == "generation").values(value=value))
+    if not bumped.rowcount:  # an index made before the row was created with the schema
+        _upsert_meta(conn, {"generation": "1"})
+
+
+def _upsert(conn: sa.Connection, table: sa.Table, row: dict, key: str) -> None:
+    """Insert ``row`` or overwrite the one with the same ``key``, in one statement that two
+    writers can run at once (INSERT ... ON CONFLICT, spelt alike by both dialects)."""
+    insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+    update = {c: v for c, v in row.items() if c != key}
+    conn.execute(insert.values(**row).on_conflict_do_update(index_elements=[key], set_=update))
 
 
 def _upsert_meta(conn: sa.Connection, values: dict[str, str]) -> None:
     for key, value in values.items():
-        conn.execute(meta_table.delete().where(meta_table.c.key == key))
-        conn.execute(meta_table.insert().values(key=key, value=str(value)))
+        _upsert(conn, meta_table, {"key": key, "value": str(value)}, "key")
+
+
+def _lock_key(conn: sa.Connection, purpose: str) -> int:
+    """A 64-bit PostgreSQL advisory lock key for this index. Advisory locks are per
+    database; the schema is in the key so that indexes in two schemas of one database
+    do not block each other."""
+    schema = conn.execute(sa.select(sa.func.current_schema())).scalar()
+    digest = hashlib.sha256(f"imgsearch:{purpose}:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _connection_error(name: str, password: str | None) -> Callable[..., None]:
+    """A handle_error hook: a refused, failed or lost PostgreSQL connection (wrong password,
+    server down, no such database) becomes one line naming the masked URL."""
+
+    def handle(context: sa.engine.ExceptionContext) -> None:
+        if not isinstance(context.sqlalchemy_exception, sa.exc.OperationalError):
+            return
+        reason = " ".join(str(context.original_exception).split())
+        if password:
+            reason = reason.replace(password, "***")
+        raise ImgsearchError(f"cannot use the database {name}: {reason}")
+
+    return handle
