@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
+
+from tests.pg import PgServer, find_bin_dir
 
 # No test may reach the network: the hub is off, and every model is local.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -57,6 +60,28 @@ def photos(tmp_path: Path) -> Path:
     folder = tmp_path / "photos"
     write_photos(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL server for the whole run (tests/pg.py). Without PostgreSQL
+    installed the tests that need it fail, never skip."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.fail(
+            "PostgreSQL is not installed (no initdb in /usr/lib/postgresql/*/bin or on PATH): "
+            "apt-get install postgresql, as .ci/run does",
+            pytrace=False,
+        )
+    server = PgServer(bin_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A new, empty PostgreSQL database for one test: its URL, password included."""
+    return pg_server.database()
 
 
 @pytest.fixture(scope="session")
