@@ -56,6 +56,13 @@ class PgServer:
         self.home = Path(tempfile.mkdtemp(prefix="imgsearch-pg-"))
         self.data = self.home / "data"
         self.socket_dir = self.home
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # no server or folder left behind by a start that failed
+            raise
+
+    def _start(self) -> None:
         if self.run_as:
             record = pwd.getpwnam(self.run_as)
             os.chown(self.home, record.pw_uid, record.pw_gid)
@@ -125,6 +132,7 @@ class PgServer:
 
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "stop", "-m", "immediate", "-D", str(self.data))
+            if (self.data / "postmaster.pid").exists():
+                self._run("pg_ctl", "stop", "-m", "immediate", "-D", str(self.data))
         finally:
             shutil.rmtree(self.home, ignore_errors=True)
