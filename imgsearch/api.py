@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -254,22 +254,62 @@ class Index:
         workers: int | None = None,
         progress: bool = False,
         on_skip: Callable[[Skipped], None] | None = None,
+        files: Iterable[str | os.PathLike] | None = None,
+        ray: str | None = None,
+        ray_workers: int | None = None,
     ) -> IndexSummary:
-        """Bring the index in line with its root folder: add, update, move and drop images."""
+        """Bring the index in line with its root folder: add, update, move and drop images.
+
+        ``files`` limits the run to those files (absolute, or relative to the root): listed
+        files are added, updated or dropped as usual, indexed files not listed stay as they
+        are. ``ray`` runs the embedding on a Ray cluster (an address, or 'auto': the cluster
+        this machine belongs to, else a local one) with ``ray_workers`` model workers
+        (default: one per GPU, else one); the stored results are the same.
+        """
         if batch_size < 1:
             raise ImgsearchError("--batch-size must be at least 1")
         if workers is not None and workers < 1:
             raise ImgsearchError("--workers must be at least 1")
+        if ray is not None:
+            from imgsearch.distributed import require_ray
+
+            require_ray()  # before anything changes
+            if workers is not None:
+                raise ImgsearchError("--workers sets decode threads; with --ray use --ray-workers")
         start = time.perf_counter()
         if not self.root.is_dir():
             raise ImgsearchError(f"the indexed folder {self.root} is missing")
+        only = None if files is None else self._listed(files)
         with self.store.writer():
-            todo = plan(self.root, self.store)
+            todo = plan(self.root, self.store, only)
             summary = IndexSummary(unchanged=todo.unchanged, moved=todo.moved)
             summary.skipped.extend(todo.known_bad)
+            missing = [Skipped(p, "listed, but no image file is there") for p in todo.absent]
+            for skip in missing:
+                summary.skipped.append(skip)
+                if on_skip is not None:
+                    on_skip(skip)
             self.store.update_files(todo.relocate)
             summary.removed = self.store.remove_ids(todo.remove)
-            if todo.embed:
+            if todo.embed and ray is not None:
+                from imgsearch.distributed import embed_files_ray
+
+                stored, skipped = embed_files_ray(
+                    ray,
+                    self.root,
+                    todo.embed,
+                    self.model_name,
+                    self._model.preprocess if self._model else lambda: self.model.preprocess,
+                    self.bank,
+                    self.settings,
+                    self.store,
+                    batch_size=batch_size,
+                    workers=ray_workers,
+                    device=self.device,
+                    on_skip=on_skip,
+                    progress=progress,
+                )
+            elif todo.embed:
                 stored, skipped = embed_files(
                     self.root,
                     todo.embed,
@@ -292,7 +332,10 @@ class Index:
                 states = self.store.file_states()
                 self.store.remove_ids(states[p].id for p in stale if p in states)
                 summary.removed += len(stale)
-            self.store.forget_skipped({s.path for s in summary.skipped})
+            keep = {s.path for s in summary.skipped} - set(todo.absent)
+            if only is not None:  # failures of files not listed are not this run's to forget
+                keep.update(p for p in self.store.skipped_files() if p not in only)
+            self.store.forget_skipped(keep)
         self._vectors.clear()
         if (summary.added or summary.updated or summary.moved or summary.removed) and (
             self.store.count()
@@ -747,6 +790,24 @@ class Index:
             None,
             image,
         )
+
+    def _listed(self, files: Iterable[str | os.PathLike]) -> set[str]:
+        """Listed files as paths relative to the root; any outside it stops the run."""
+        only: set[str] = set()
+        outside: list[str] = []
+        for entry in files:
+            path = Path(entry).expanduser()
+            relative = self._relative(self.root / path, must_exist=False)
+            if relative:
+                only.add(relative)
+            else:
+                outside.append(str(entry))
+        if outside:
+            raise ImgsearchError(
+                f"{len(outside)} listed file(s) are not inside the indexed folder {self.root}, "
+                f"e.g. {outside[0]}"
+            )
+        return only
 
     def _relative(self, path: Path, must_exist: bool = True) -> str | None:
         """``path`` relative to the root in POSIX form, or None when it lies outside."""

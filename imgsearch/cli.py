@@ -59,6 +59,16 @@ def emit(data: object) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def read_list(path: Path) -> list[str]:
+    """Paths from a text file, one a line; blank lines and lines starting with # are skipped."""
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ImgsearchError(f"cannot read the list of files {path}: {reason}") from None
+    return [s for s in (line.strip() for line in text.splitlines()) if s and s[0] != "#"]
+
+
 class Group(click.Group):
     """Turns every expected failure into one line on stderr and a non-zero exit."""
 
@@ -103,6 +113,24 @@ def main() -> None:
 @click.option("--batch-size", type=int, default=config.BATCH_SIZE, show_default=True)
 @click.option("--workers", type=int, help="Decoding threads (default: one per core, at most 32).")
 @device_option
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="auto",
+    metavar="[ADDRESS]",
+    help="Embed on a Ray cluster: HOST:PORT, ray://HOST:PORT, or no value (auto): the "
+    "cluster this machine belongs to, else a local one. Needs imgsearch[ray].",
+)
+@click.option(
+    "--ray-workers", type=int, help="Model workers with --ray (default: one per GPU, else 1)."
+)
+@click.option(
+    "--files-from",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Only these files: a text file of image paths, one a line (absolute or relative to "
+    "FOLDER). Indexed files not listed are kept as they are.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-file notes.")
 @json_option
 def index(
@@ -114,16 +142,30 @@ def index(
     batch_size: int,
     workers: int | None,
     device: str,
+    ray_address: str | None,
+    ray_workers: int | None,
+    files_from: Path | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Index every image in FOLDER (recursively); a re-run only does what changed."""
+    files = read_list(files_from) if files_from else None
+    if ray_address is not None:  # before a new index loads its model
+        from imgsearch.distributed import check_address, require_ray
+
+        require_ray()
+        check_address(ray_address)
+    elif ray_workers is not None:
+        raise ImgsearchError("--ray-workers needs --ray")
     with Index.create(folder, db, model, captions, top_n, device, say=None if quiet else say) as ix:
         summary = ix.add(
             batch_size=batch_size,
             workers=workers,
             progress=not quiet,
             on_skip=None if quiet else lambda s: say(f"skipped {s.path}: {s.reason}"),
+            files=files,
+            ray=ray_address,
+            ray_workers=ray_workers,
         )
     if as_json:
         emit(summary.to_dict())

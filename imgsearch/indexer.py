@@ -71,6 +71,7 @@ class Plan:
     remove: list[int]
     unchanged: int
     known_bad: list[Skipped]
+    absent: list[str] = field(default_factory=list)  # listed, but no image file indexes there
 
 
 def plan(root: Path, store: Store, only: Collection[str] | None = None) -> Plan:
@@ -128,7 +129,8 @@ def plan(root: Path, store: Store, only: Collection[str] | None = None) -> Plan:
     else:
         embed.extend(new)
         remove = sorted(s.id for s in vanished.values())
-    return Plan(embed, changed, relocate, moved, remove, unchanged, known_bad)
+    absent = [] if only is None else sorted(set(only) - on_disk.keys() - indexed.keys())
+    return Plan(embed, changed, relocate, moved, remove, unchanged, known_bad, absent)
 
 
 def listed(root: Path, paths: Collection[str]) -> Iterator[FileInfo]:

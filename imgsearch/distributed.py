@@ -1,0 +1,354 @@
+"""Indexing spread over a Ray cluster: CPU tasks decode, model workers embed, the driver writes.
+
+The files to embed come from the same ``plan()`` as a single-process run, so what a re-run
+does is the same. Ray Data streams them through two stages: decode tasks (one CPU each,
+the indexer's own ``load_pixels``: draft-mode JPEG decode, resize, crop to uint8) and model
+workers, actors that load the model and the caption bank once and run the indexer's own
+``embed_batch`` (one per GPU on a cluster with GPUs). The records come back to this process,
+which alone writes them, through the same ``BatchWriter`` as a single-process run.
+
+A worker process that dies is replaced and its batch run again (decode tasks up to
+``RETRIES`` times, model workers restarted up to ``RETRIES`` times and their calls retried):
+a batch's result reaches the driver only once it is complete, and rows are keyed by path,
+so nothing is lost and nothing is stored twice. Batches already written stay written if
+the run stops; the next run goes on from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from imgsearch.errors import ImgsearchError
+from imgsearch.files import FileInfo, Preprocess, load_pixels
+from imgsearch.indexer import BatchWriter, Skipped, _Item, embed_batch
+
+if TYPE_CHECKING:
+    from imgsearch.captions import CaptionBank, CaptionSettings
+    from imgsearch.storage import Store
+
+MISSING = "distributed indexing needs Ray: pip install 'imgsearch[ray]'"
+AUTO = "auto"  # a cluster this machine already belongs to, else a new local one
+RETRIES = 3  # per decode task and per model worker: enough for lost nodes, not for a bad file
+DECODE_BATCH = 8  # files per decode task: small, so the model workers start early
+KILL_ENV = "IMGSEARCH_RAY_TEST_KILL"
+_COLUMNS = ("path", "size", "mtime_ns", "hash", "width", "height", "error")
+
+
+def require_ray() -> Any:  # noqa: ANN401 - the ray module
+    """The ray module, or the one line that says how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the extra brings pyarrow and pandas with it
+    except ImportError:
+        raise ImgsearchError(MISSING) from None
+    return ray
+
+
+@dataclass
+class Cluster:
+    """What this run may use: model workers, and the resources each one asks Ray for."""
+
+    workers: int
+    gpus: bool
+    device: str  # what the model workers pass to pick_device
+
+
+@contextlib.contextmanager
+def connected(address: str) -> Iterator[Any]:
+    """Ray, connected to ``address`` ('auto', 'HOST:PORT' or 'ray://HOST:PORT').
+
+    'auto' joins the cluster this machine belongs to (``ray start``, or $RAY_ADDRESS) and
+    starts a local one where there is none. A process already connected keeps its connection
+    for 'auto'; a connection made here is closed at the end.
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        if address != AUTO:
+            raise ImgsearchError(
+                "this process is already connected to a Ray cluster; use ray='auto' to index "
+                "on it, or connect to another from a new process"
+            )
+        with contextlib.redirect_stdout(sys.stderr):  # see below
+            yield ray
+        return
+    check_address(address)
+    if not os.environ.get("IMGSEARCH_DEBUG"):
+        # Ray's core logs warnings meant for its developers straight to stderr (a model
+        # worker's restart arguments, for one); failures still reach the user as errors.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    try:
+        ray.init(
+            address=None if address == AUTO else address,
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+            log_to_driver=bool(os.environ.get("IMGSEARCH_DEBUG")),
+        )
+    except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
+        reason = _line(exc)
+        raise ImgsearchError(f"cannot connect to the Ray cluster at {address}: {reason}") from None
+    try:
+        # Ray prints a worker's death to stdout, which carries only results (--json).
+        with contextlib.redirect_stdout(sys.stderr):
+            yield ray
+    finally:
+        ray.shutdown()
+
+
+def check_address(address: str, timeout: float = 3.0) -> None:
+    """Fail in seconds: ray.init waits minutes for a head node that is not there."""
+    if address == AUTO:
+        return
+    parsed = urlparse(address if "://" in address else f"gcs://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise ImgsearchError(
+            f"--ray {address!r}: give HOST:PORT, ray://HOST:PORT or auto (a local cluster)"
+        )
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ImgsearchError(f"cannot reach the Ray cluster at {address}: {reason}") from None
+
+
+def plan_cluster(ray: Any, workers: int | None, device: str | None) -> Cluster:  # noqa: ANN401
+    """One model worker per GPU where the cluster has GPUs, else one on a CPU; and enough
+    CPUs left over for decoding (a CPU model worker holds one CPU)."""
+    if workers is not None and workers < 1:
+        raise ImgsearchError("--ray-workers must be at least 1")
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), resources.get("CPU", 0)
+    use_gpus = gpus > 0 and device not in ("cpu", "mps")
+    if device == "cuda" and not gpus:
+        raise ImgsearchError("--device cuda was asked for, but the Ray cluster has no GPU")
+    if use_gpus:
+        return Cluster(workers or gpus, True, "cuda")
+    workers = workers or 1
+    if workers >= cpus:
+        raise ImgsearchError(
+            f"the Ray cluster has {cpus:g} CPUs and no GPU: {workers} model worker(s) on "
+            f"CPUs would leave none for decoding; use --ray-workers {max(1, int(cpus) - 1)} "
+            "or a larger cluster"
+        )
+    return Cluster(workers, False, device if device in ("cpu", "mps") else "cpu")
+
+
+def model_preprocess(model: str) -> Preprocess | None:
+    """The decode side of the model's preprocessing, from its config without its weights:
+    the driver (maybe a machine with no GPU) needs it for the decode tasks, not the model.
+    None when the config is not on this machine."""
+    from imgsearch.models import OFFLINE
+
+    if model == OFFLINE:
+        from imgsearch.models.offline import OfflineModel
+
+        return OfflineModel.preprocess
+    from transformers import CLIPConfig
+
+    from imgsearch.models.clip import _preprocess_for
+
+    try:
+        config = CLIPConfig.from_pretrained(model, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    return _preprocess_for(model, True, config)
+
+
+def _die_if_armed(stage: str) -> None:
+    """Test hook: end this worker process at once where the folder $IMGSEARCH_RAY_TEST_KILL
+    holds a file named ``stage``. Deleting the file first means exactly one process dies."""
+    folder = os.environ.get(KILL_ENV)
+    if not folder:
+        return
+    try:
+        os.unlink(os.path.join(folder, stage))
+    except OSError:
+        return
+    os._exit(1)
+
+
+def decode_batch(batch: dict[str, np.ndarray], root: str, preprocess: Preprocess) -> dict:
+    """Ray decode task: file paths in, uint8 crops and file facts out (bad files flagged)."""
+    loaded = [load_pixels(Path(root) / str(path), preprocess) for path in batch["path"]]
+    blank = np.zeros((preprocess.crop, preprocess.crop, 3), np.uint8)
+    _die_if_armed("decode")
+    return {
+        "path": batch["path"],
+        "size": batch["size"],
+        "mtime_ns": batch["mtime_ns"],
+        "hash": np.array([p.hash for p in loaded], dtype=object),
+        "width": np.array([p.width for p in loaded], np.int64),
+        "height": np.array([p.height for p in loaded], np.int64),
+        "error": np.array([p.error for p in loaded], dtype=object),
+        "pixels": np.stack([blank if p.array is None else p.array for p in loaded]),
+    }
+
+
+class ModelWorker:
+    """Ray actor: loads the model and the caption bank once, then embeds batch after batch
+    with the indexer's own ``embed_batch``."""
+
+    def __init__(self, model: str, device: str, bank: list[Any], settings: str):
+        import ray
+
+        from imgsearch.captions import CaptionBank, CaptionSettings
+        from imgsearch.models import load_model, pick_device
+
+        self.model = load_model(model, pick_device(device))
+        texts, vectors = ray.get(bank[0])  # one copy in the object store for every worker
+        self.bank = CaptionBank(texts, vectors)
+        self.settings = CaptionSettings.from_json(settings)
+        self.top = min(self.settings.top_n, len(texts))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        good = [i for i, error in enumerate(batch["error"]) if not error]
+        items = [
+            _Item(
+                FileInfo(str(batch["path"][i]), int(batch["size"][i]), int(batch["mtime_ns"][i])),
+                batch["pixels"][i],
+                int(batch["width"][i]),
+                int(batch["height"][i]),
+                str(batch["hash"][i]),
+            )
+            for i in good
+        ]
+        records = embed_batch(items, self.model, self.bank, self.settings) if items else []
+        n = len(batch["path"])
+        out = {name: batch[name] for name in _COLUMNS}
+        out["image_vector"] = np.zeros((n, self.model.image_dim), np.float32)
+        out["caption_vector"] = np.zeros((n, self.model.text_dim), np.float32)
+        out["caption_ids"] = np.full((n, self.top), -1, np.int64)
+        out["caption_scores"] = np.zeros((n, self.top), np.float32)
+        for i, record in zip(good, records):
+            out["image_vector"][i] = record.image_vector
+            out["caption_vector"][i] = record.caption_vector
+            out["caption_ids"][i] = record.caption_ids
+            out["caption_scores"][i] = record.caption_scores
+        _die_if_armed("embed")
+        return out
+
+
+def embed_files_ray(
+    address: str,
+    root: Path,
+    files: list[FileInfo],
+    model: str,
+    preprocess: Preprocess | Callable[[], Preprocess],
+    bank: CaptionBank,
+    settings: CaptionSettings,
+    store: Store,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str | None = None,
+    on_skip: Callable[[Skipped], None] | None = None,
+    progress: bool = False,
+) -> tuple[int, list[Skipped]]:
+    """``embed_files`` on a Ray cluster: the same records, stored here. Returns (stored,
+    skipped). ``preprocess`` may be a function, called only when the model's config cannot
+    be read here (it loads the model on the driver)."""
+    with connected(address) as ray:
+        cluster = plan_cluster(ray, workers, device)
+        if callable(preprocess) and not isinstance(preprocess, Preprocess):
+            preprocess = model_preprocess(model) or preprocess()
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # ours is the one the user sees
+        context.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        rows = [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns} for f in files]
+        data = ray.data.from_items(
+            rows, override_num_blocks=max(1, math.ceil(len(rows) / DECODE_BATCH))
+        )
+        # Ray Data retries without limit by default; a file that crashes its decoder every
+        # time would then never let the run end. Ray 2.60 takes these limits only as
+        # ray_remote_args (deprecated, with no named parameter yet): hence the filter.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+            data = data.map_batches(
+                decode_batch,
+                fn_kwargs={"root": str(root), "preprocess": preprocess},
+                batch_size=DECODE_BATCH,
+                batch_format="numpy",
+                num_cpus=1,
+                max_retries=RETRIES,
+            )
+            data = data.map_batches(
+                ModelWorker,
+                fn_constructor_kwargs={
+                    "model": model,
+                    "device": cluster.device,
+                    "bank": [ray.put((bank.texts, bank.vectors))],
+                    "settings": settings.to_json(),
+                },
+                batch_size=batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=cluster.workers),
+                num_cpus=1,
+                num_gpus=1 if cluster.gpus else 0,
+                max_restarts=RETRIES,
+                max_task_retries=RETRIES,
+            )
+        writer = BatchWriter(store, len(files), on_skip, progress)
+        try:
+            _store_results(data, writer, batch_size)
+        except (ImgsearchError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - what was stored stays; the user gets one line
+            raise ImgsearchError(f"the Ray run failed: {_line(exc)}") from None
+        finally:
+            writer.close()
+    return writer.stored, writer.skipped
+
+
+def _store_results(data: Any, writer: BatchWriter, batch_size: int) -> None:  # noqa: ANN401
+    """Write each finished batch as it arrives, each path once."""
+    from imgsearch.storage import ImageRecord
+
+    seen: set[str] = set()
+    for batch in data.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        records = []
+        for i, path in enumerate(str(p) for p in batch["path"]):
+            if path in seen:  # a retried batch is never delivered twice; this makes sure
+                continue
+            seen.add(path)
+            info = FileInfo(path, int(batch["size"][i]), int(batch["mtime_ns"][i]))
+            if batch["error"][i]:
+                writer.skip(info, str(batch["error"][i]))
+                continue
+            records.append(
+                ImageRecord(
+                    path=path,
+                    size=info.size,
+                    mtime_ns=info.mtime_ns,
+                    hash=str(batch["hash"][i]),
+                    width=int(batch["width"][i]),
+                    height=int(batch["height"][i]),
+                    image_vector=batch["image_vector"][i],
+                    caption_vector=batch["caption_vector"][i],
+                    caption_ids=batch["caption_ids"][i].tolist(),
+                    caption_scores=batch["caption_scores"][i].tolist(),
+                )
+            )
+        if records:
+            writer.put(records)
+
+
+def _line(exc: BaseException) -> str:
+    """The last non-empty line of an error: Ray wraps the cause in a traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

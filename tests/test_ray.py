@@ -1,0 +1,192 @@
+"""Indexing on Ray, on a real local cluster: the same stored results as one process, worker
+processes that die mid-run, lists of files, and the errors a user can meet."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from imgsearch import config
+from imgsearch.cli import main
+from imgsearch.distributed import KILL_ENV, model_preprocess
+from imgsearch.storage import Store
+from tests.conftest import sample
+
+IMGSEARCH = str(Path(sys.executable).with_name("imgsearch"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A local Ray cluster of 2 CPUs for the module. Yields the folder where a test arms a
+    worker's death (see distributed._die_if_armed)."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        pytest.fail("Ray is not installed: pip install -e '.[test]' (the test extra has Ray)")
+    kill = tmp_path_factory.mktemp("ray-kill")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,  # as imgsearch's own connection: stdout carries only results
+        runtime_env={"env_vars": {KILL_ENV: str(kill)}},
+    )
+    yield kill
+    ray.shutdown()
+
+
+def run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def index(photos: Path, db: Path, clip: Path, bank: Path, *extra: object) -> dict:
+    args = ("--db", db, "--model", clip, "--captions", bank, "-q", "--json")
+    result = run("index", photos, *args, *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def rows(db: Path) -> dict[str, int]:
+    """Rows per path in the images table, and caption rows per image, read with sqlite3."""
+    with sqlite3.connect(db) as conn:
+        images = dict(conn.execute("SELECT path, COUNT(*) FROM images GROUP BY path").fetchall())
+        orphans = conn.execute(
+            "SELECT COUNT(*) FROM image_captions WHERE image_id NOT IN (SELECT id FROM images)"
+        ).fetchone()[0]
+    assert orphans == 0
+    return images
+
+
+def test_ray_stores_what_one_process_stores_even_when_workers_die(
+    cluster: Path, photos: Path, tiny_clip: Path, small_bank: Path, tmp_path: Path
+) -> None:
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (photos / "space").mkdir()
+    sample("rocket").rotate(90, expand=True).save(photos / "space" / "rocket-turned.jpg")
+    # The first decode task and the first model-worker call of the Ray run end their process
+    # after doing their work, before handing it on.
+    for stage in ("decode", "embed"):
+        (cluster / stage).touch()
+    one, distributed = tmp_path / "one.db", tmp_path / "ray.db"
+    single = index(photos, one, tiny_clip, small_bank, "--batch-size", 3)
+    spread = index(photos, distributed, tiny_clip, small_bank, "--batch-size", 3, "--ray")
+    assert not (cluster / "decode").exists() and not (cluster / "embed").exists(), "no death"
+    del single["seconds"], spread["seconds"]
+    assert single == spread
+    assert (spread["added"], [s["path"] for s in spread["skipped"]]) == (9, ["broken.jpg"])
+
+    # Exactly one row per file, and every caption row belongs to one.
+    assert rows(distributed) == {p: 1 for p in rows(one)} and len(rows(one)) == 9
+    with sqlite3.connect(distributed) as conn:
+        per_image = conn.execute("SELECT COUNT(*) FROM image_captions GROUP BY image_id").fetchall()
+    top_n = min(config.CAPTION_SETTINGS.top_n, len(small_bank.read_text().splitlines()))
+    assert [n for (n,) in per_image] == [top_n] * 9
+
+    a, b = Store.open(one), Store.open(distributed)
+    try:
+        assert a.skipped_files() == b.skipped_files()
+        for path in a.file_states():
+            x, y = a.get(path), b.get(path)
+            facts = ("size", "mtime_ns", "hash", "width", "height")
+            assert [getattr(x, f) for f in facts] == [getattr(y, f) for f in facts]
+            assert x.caption_ids == y.caption_ids, path
+            np.testing.assert_allclose(x.caption_scores, y.caption_scores, atol=1e-4)
+            np.testing.assert_allclose(x.image_vector, y.image_vector, atol=1e-4)
+            np.testing.assert_allclose(x.caption_vector, y.caption_vector, atol=1e-4)
+    finally:
+        a.close()
+        b.close()
+
+    again = index(photos, distributed, tiny_clip, small_bank, "--ray")  # nothing changed
+    assert (again["added"], again["unchanged"], again["removed"]) == (0, 9, 0)
+
+
+def test_files_from_limits_the_run_and_keeps_unlisted_files(
+    cluster: Path, photos: Path, tiny_clip: Path, small_bank: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "index.db"
+    index(photos, db, tiny_clip, small_bank)
+    (photos / "coins.jpg").unlink()  # listed: dropped from the index
+    (photos / "horse.jpg").unlink()  # not listed: kept until a full run
+    sample("coffee").transpose(0).save(photos / "new.jpg")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# a comment\nnew.jpg\n\n{photos / 'coins.jpg'}\nnot-there.jpg\n")
+    summary = index(photos, db, tiny_clip, small_bank, "--files-from", listing, "--ray")
+    assert (summary["added"], summary["removed"], summary["unchanged"]) == (1, 1, 0)
+    assert [s["path"] for s in summary["skipped"]] == ["not-there.jpg"]
+    assert "horse.jpg" in rows(db) and "coins.jpg" not in rows(db) and "new.jpg" in rows(db)
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text(f"new.jpg\n{tmp_path / 'elsewhere.jpg'}\n../up.jpg\n")
+    before = rows(db)
+    result = run("index", photos, "--db", db, "--files-from", outside, "-q")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"imgsearch: error: 2 listed file(s) are not inside the indexed folder {photos}, "
+        f"e.g. {tmp_path / 'elsewhere.jpg'}\n"
+    )
+    missing = run("index", photos, "--db", db, "--files-from", tmp_path / "nope.txt")
+    assert missing.exit_code == 1 and missing.stderr.startswith(
+        f"imgsearch: error: cannot read the list of files {tmp_path / 'nope.txt'}: "
+    )
+    assert rows(db) == before
+
+    full = index(photos, db, tiny_clip, small_bank)  # a run over the folder drops horse.jpg
+    assert (full["removed"], full["unchanged"]) == (1, 7)
+
+
+def test_too_many_cpu_workers_is_one_line_and_changes_nothing(
+    cluster: Path, photos: Path, tiny_clip: Path, small_bank: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "index.db"
+    args = ("index", photos, "--db", db, "--model", tiny_clip, "--captions", small_bank, "-q")
+    result = run(*args, "--ray", "--ray-workers", 2)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "imgsearch: error: the Ray cluster has 2 CPUs and no GPU: 2 model worker(s) on CPUs "
+        "would leave none for decoding; use --ray-workers 1 or a larger cluster\n"
+    )
+    assert rows(db) == {}
+    assert run(*args, "--ray-workers", 1).exit_code == 1  # only with --ray
+
+
+def test_an_unreachable_cluster_is_one_line(
+    photos: Path, tiny_clip: Path, small_bank: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "index.db"
+    args = ["--db", db, "--model", tiny_clip, "--captions", small_bank, "-q"]
+    command = [IMGSEARCH, "index", photos, *args, "--ray", "ray://127.0.0.1:9"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith("imgsearch: error: cannot reach the Ray cluster at ray://127.0")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not db.exists()  # checked before anything was made
+
+
+def test_without_ray_installed_the_cli_says_how_to_get_it(photos: Path, tmp_path: Path) -> None:
+    # A None entry in sys.modules makes 'import ray' fail as if Ray were not installed.
+    code = "import sys; sys.modules['ray'] = None; from imgsearch.cli import main; main()"
+    command = [sys.executable, "-c", code, "index", photos, "--db", tmp_path / "x.db", "--ray"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr == (
+        "imgsearch: error: distributed indexing needs Ray: pip install 'imgsearch[ray]'\n"
+    )
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_decode_tasks_get_the_models_preprocessing_without_its_weights(tiny_clip: Path) -> None:
+    from imgsearch.models import load_model, pick_device
+
+    loaded = load_model(str(tiny_clip), pick_device("cpu"))
+    assert model_preprocess(str(tiny_clip)) == loaded.preprocess
+    assert model_preprocess(str(tiny_clip.parent / "no-model-here")) is None
