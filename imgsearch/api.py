@@ -655,6 +655,68 @@ class Index:
         hits.sort(key=lambda h: -h.score)
         return hits[:k]
 
+    # --- for viewers: the web UI, HTML reports, the map -----------------------
+
+    def refresh(self) -> bool:
+        """Forget what this object caches when another process changed the index since the
+        last call: a long-lived reader (``imgsearch serve``) calls it before each request."""
+        current = self.store.generation()
+        changed = self._vectors.get("generation", current) != current
+        if changed:
+            self._vectors.clear()
+        self._vectors["generation"] = current
+        return changed
+
+    def image_file(self, image: int | str | os.PathLike) -> IndexedFile | None:
+        """An indexed image by id or path; None for anything not in the index, or no longer
+        a regular file inside the indexed folder. The web UI serves only files found here."""
+        if "files" not in self._vectors:
+            files = self.store.file_states()
+            self._vectors["files"] = files
+            self._vectors["file_ids"] = {state.id: path for path, state in files.items()}
+        if isinstance(image, (int, np.integer)):
+            relative = self._vectors["file_ids"].get(int(image))
+        else:
+            relative = self._relative(Path(image), must_exist=False)
+        state = self._vectors["files"].get(relative) if relative is not None else None
+        if state is None:
+            return None
+        path = self.root / relative
+        try:
+            if not (path.is_file() and path.resolve(strict=True).is_relative_to(self.root)):
+                return None
+        except OSError:
+            return None
+        return IndexedFile(state.id, path, state.hash, state.size, state.mtime_ns)
+
+    def thumbnail(
+        self, image: int | str | os.PathLike, size: int = config.THUMBNAIL_SIZE
+    ) -> bytes | None:
+        """A JPEG of an indexed image, longest side ``size``, cached in the user cache folder
+        by content hash and size; None when it is not in the index or no longer decodes."""
+        from imgsearch.report import cached_thumbnail
+
+        found = self.image_file(image)
+        return cached_thumbnail(found, size) if found is not None else None
+
+    def layout(
+        self, projection: str = "auto", k: int | None = None, method: str = config.DEFAULT_METHOD
+    ) -> Layout:
+        """The collection in two dimensions (t-SNE; PCA for large collections or on request),
+        each image with its k-means cluster (``k`` clusters, by default fewer for a small
+        collection: ``config.viewer_clusters``): what ``imgsearch map`` draws."""
+        from imgsearch.report import project
+
+        ids, paths, vectors = self.method_vectors(method)
+        xy, used = project(vectors, projection)
+        k = config.viewer_clusters(len(ids)) if k is None else k
+        clusters = self.clusters(k=k, method=method)
+        row = {str(self.root / p): n for n, p in enumerate(paths)}
+        labels = np.zeros(len(ids), dtype=np.int64)
+        for number, cluster in enumerate(clusters):
+            labels[[row[m] for m in cluster.members]] = number
+        return Layout([str(self.root / p) for p in paths], ids, xy, labels, clusters, used)
+
     def _rank(
         self,
         vector: np.ndarray,
@@ -676,7 +738,7 @@ class Index:
                 raise ImgsearchError(f"nothing is indexed under {under}")
         ranked = self._vector_index(method).search(vector, k, allowed, exclude)
         paths = self.store.paths(i for i, _ in ranked)
-        hits = [Hit(str(self.root / paths[i]), score) for i, score in ranked]
+        hits = [Hit(str(self.root / paths[i]), score, id=int(i)) for i, score in ranked]
         if query_captions is not None and ranked:
             order = {c: n for n, c in enumerate(dict.fromkeys(query_captions))}
             hit_captions = self.store.captions_of(i for i, _ in ranked)
@@ -842,6 +904,30 @@ class Graph:
             "mutual": self.mutual,
             **relations.graph_dict(self.nodes, self.edges, self.groups),
         }
+
+
+@dataclass
+class IndexedFile:
+    """An indexed image file: its id in the index, where it is, and its content hash."""
+
+    id: int
+    path: Path
+    hash: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Layout:
+    """The collection in two dimensions: ``xy`` (n, 2) in [0, 1], row for row with ``paths``
+    and ``ids``; ``cluster`` indexes ``clusters``; ``projection`` is 'tsne' or 'pca'."""
+
+    paths: list[str]
+    ids: np.ndarray
+    xy: np.ndarray
+    cluster: np.ndarray
+    clusters: list[Cluster]
+    projection: str
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from imgsearch import config, relations
+from imgsearch import config, relations, report
 from imgsearch.api import Index
 from imgsearch.errors import ImgsearchError
 
@@ -33,6 +33,12 @@ captions_option = click.option(
     "--captions",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Caption bank for a new index: a text file, one caption a line (default: packaged).",
+)
+html_option = click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a self-contained HTML page with thumbnails to this file.",
 )
 device_option = click.option(
     "--device",
@@ -192,6 +198,7 @@ def index(
 )
 @db_option
 @device_option
+@html_option
 @json_option
 def query(
     images: tuple[Path, ...],
@@ -202,6 +209,7 @@ def query(
     method: str,
     db: Db,
     device: str,
+    html_file: Path | None,
     as_json: bool,
 ) -> None:
     """Rank the indexed images by similarity to IMAGES (averaged) or to --text."""
@@ -211,9 +219,13 @@ def query(
         if text:
             if method != config.DEFAULT_METHOD:
                 raise ImgsearchError("--text ranks by the caption score only; drop --method")
-            hits = ix.query_text(text, k=k, under=under, explain=explain)
+            hits = ix.query_text(text, k=k, under=under, explain=explain or bool(html_file))
         else:
-            hits = ix.query(list(images), k=k, under=under, explain=explain, method=method)
+            shared = explain or bool(html_file)  # a report always explains
+            hits = ix.query(list(images), k=k, under=under, explain=shared, method=method)
+        if html_file is not None:
+            report.save(html_file, report.query_page(ix, hits, images, text))
+            say(f"wrote {html_file}")
     if as_json:
         emit(
             [
@@ -458,11 +470,17 @@ def graph(
 @click.option("--tau", type=float, help="Instead of k-means: components of the tau graph.")
 @method_option
 @db_option
+@html_option
 @json_option
-def clusters(k: int | None, tau: float | None, method: str, db: Db, as_json: bool) -> None:
+def clusters(
+    k: int | None, tau: float | None, method: str, db: Db, html_file: Path | None, as_json: bool
+) -> None:
     """Group the collection; each group is named by its members' most common captions."""
     with Index.open(db) as ix:
         found = ix.clusters(k=k, tau=tau, method=method)
+        if html_file is not None:
+            report.save(html_file, report.clusters_page(ix, found))
+            say(f"wrote {html_file}")
     if as_json:
         emit([{"name": c.name, "captions": c.captions, "members": c.members} for c in found])
         return
@@ -484,11 +502,18 @@ def clusters(k: int | None, tau: float | None, method: str, db: Db, as_json: boo
     help="Move every copy but the one to keep into this folder.",
 )
 @db_option
+@html_option
 @json_option
-def duplicates(threshold: float | None, move_to: Path | None, db: Db, as_json: bool) -> None:
+def duplicates(
+    threshold: float | None, move_to: Path | None, db: Db, html_file: Path | None, as_json: bool
+) -> None:
     """Find near-duplicate images; the one to keep (most pixels) comes first."""
     with Index.open(db) as ix:
         groups = ix.duplicates(threshold)
+        if html_file is not None:  # before any move: it shows the copies where they were found
+            used = config.duplicate_threshold(ix.model_name) if threshold is None else threshold
+            report.save(html_file, report.duplicates_page(ix, groups, used))
+            say(f"wrote {html_file}")
         moved = ix.move_duplicates(groups, move_to) if move_to is not None else []
     if as_json:
         emit([{"keep": g.keep, "others": g.others, "score": round(g.score, 6)} for g in groups])
@@ -555,6 +580,83 @@ def sets(
         return
     for hit in hits:
         click.echo(f"{hit.score:.4f}  {hit.item}")
+
+
+@main.command()
+@db_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Anything but loopback shows your photos to the network.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=config.SERVE_PORT,
+    show_default=True,
+    help="Port to listen on (0: any free one).",
+)
+def serve(db: Db, host: str, port: int) -> None:
+    """Search and browse the index in a web browser: by image or text, with clusters and
+    duplicates. Prints the address to open; Ctrl-C stops it."""
+    from imgsearch import web
+
+    def ready(url: str, ix: Index) -> None:
+        if not web.is_loopback(host):
+            say(f"warning: listening on {host}: anyone who can reach it can see the photos")
+        say(f"{ix.store.count()} images in {ix.root}; open {url} in a browser (Ctrl-C stops)")
+        click.echo(url)
+
+    web.serve(db, host, port, on_ready=ready)
+
+
+@main.command("map")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("map.html"),
+    show_default=True,
+    help="map.html (interactive, thumbnails on hover) or map.png.",
+)
+@click.option(
+    "--method",
+    "projection",
+    type=click.Choice(report.PROJECTIONS),
+    default="auto",
+    show_default=True,
+    help=f"t-SNE, PCA, or auto: t-SNE up to {config.TSNE_MAX_IMAGES} images, PCA above.",
+)
+@click.option(
+    "--k",
+    "k",
+    type=int,
+    help=f"k-means clusters (default: about the square root of the images, at most "
+    f"{config.CLUSTERS_K}).",
+)
+@click.option(
+    "--score",
+    type=click.Choice(config.VECTOR_METHODS),
+    default=config.DEFAULT_METHOD,
+    show_default=True,
+    help="Which vectors are placed and clustered.",
+)
+@click.option("--size", default="1200x900", show_default=True, help="PNG size, WIDTHxHEIGHT.")
+@db_option
+def map_command(
+    output: Path, projection: str, k: int | None, score: str, size: str, db: Db
+) -> None:
+    """Draw the collection in two dimensions, coloured by cluster (t-SNE or PCA)."""
+    report.map_format(output)
+    dimensions = report.parse_size(size)
+    with Index.open(db) as ix:
+        layout = ix.layout(projection, k=k, method=score)
+        report.save_map(ix, layout, output, dimensions)
+    say(
+        f"wrote {output}: {len(layout.paths)} images, {layout.projection}, "
+        f"{len(layout.clusters)} clusters"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

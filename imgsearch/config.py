@@ -102,3 +102,9 @@ SERVE_PORT = 8000
 THUMBNAIL_SIZE = 256  # longest side of a grid thumbnail, in pixels
 UPLOAD_LIMIT = 20 * 1024 * 1024  # bytes; a larger query upload is refused (413)
 TSNE_MAX_IMAGES = 3000  # t-SNE up to this many images; PCA above (t-SNE grows as n log n)
+
+
+def viewer_clusters(images: int) -> int:
+    """k-means clusters a viewer shows unless told: CLUSTERS_K, or about sqrt(n) for a small
+    collection, so that nine photos are not nine clusters of one."""
+    return max(1, min(CLUSTERS_K, round(images**0.5)))

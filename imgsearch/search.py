@@ -36,11 +36,13 @@ class Caption:
 
 @dataclass
 class Hit:
-    """A ranked result. ``path`` is absolute; ``shared`` explains the match when asked for."""
+    """A ranked result. ``path`` is absolute; ``shared`` explains the match when asked for;
+    ``id`` is the image's id in the index (how the web UI addresses its thumbnail)."""
 
     path: str
     score: float
     shared: list[str] = field(default_factory=list)
+    id: int | None = None
 
 
 def caption_avg(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,0 +1,440 @@
+"""What people look at: thumbnails, self-contained HTML reports, and the collection's map.
+
+Reports embed every thumbnail as a base64 JPEG, so one file can be opened anywhere or sent
+to someone; they reuse the web UI's stylesheet (``imgsearch/static/style.css``), so a
+report looks like the UI. The map places the collection in two dimensions (t-SNE or PCA)
+and colours each image by its k-means cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import io
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from imgsearch import config
+from imgsearch.errors import ImgsearchError
+from imgsearch.files import BadImage, decode
+
+if TYPE_CHECKING:
+    from imgsearch.api import Cluster, Duplicates, Index, IndexedFile, Layout
+    from imgsearch.search import Hit
+
+REPORT_THUMBNAIL = 200  # longest side of a thumbnail embedded in a report
+MAP_THUMBNAIL = 128  # the map's hover previews: one per image, so smaller
+MAP_SIZE = (1200, 900)
+PROJECTIONS = ("auto", "tsne", "pca")
+# Distinct colours for clusters (cycled past 20), readable on white.
+PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#843c39", "#7b4173",
+    "#3182bd", "#e6550d", "#31a354", "#756bb1",
+]  # fmt: skip
+
+
+# --- thumbnails -------------------------------------------------------------------
+
+
+def make_thumbnail(path: Path, size: int) -> bytes:
+    """JPEG bytes of the image at ``path``, longest side at most ``size``. JPEGs decode in
+    draft mode (at 1/2 to 1/8 scale), so a camera photo costs a fraction of a full decode.
+    Raises ``BadImage``."""
+    image = decode(path, min_side=size).image
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85, optimize=True)
+    return out.getvalue()
+
+
+def cached_thumbnail(found: IndexedFile, size: int) -> bytes | None:
+    """The thumbnail of an indexed file, kept in the user cache folder under its content hash
+    and size (a moved or copied photo reuses it); None when the file no longer decodes."""
+    try:
+        stat = found.path.stat()
+    except OSError:
+        return None
+    if (stat.st_size, stat.st_mtime_ns) != (found.size, found.mtime_ns):
+        # Changed since it was indexed: the stored hash no longer names its content.
+        try:
+            return make_thumbnail(found.path, size)
+        except BadImage:
+            return None
+    cached = config.cache_dir() / "thumbnails" / found.hash[:2] / f"{found.hash}-{size}.jpg"
+    with contextlib.suppress(OSError):
+        return cached.read_bytes()
+    try:
+        data = make_thumbnail(found.path, size)
+    except BadImage:
+        return None
+    with contextlib.suppress(OSError):  # a read-only cache still gives thumbnails
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cached.with_name(f"{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, cached)
+    return data
+
+
+def data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+# --- the map's coordinates ---------------------------------------------------------
+
+
+def project(vectors: np.ndarray, projection: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
+    """Rows in two dimensions, scaled into [0, 1] with one scale for both axes (so distances
+    keep their proportions), and the projection used. ``auto`` is t-SNE, which shows local
+    groups best, up to ``config.TSNE_MAX_IMAGES`` rows, and PCA above, where t-SNE is slow."""
+    if projection not in PROJECTIONS:
+        raise ImgsearchError(f"unknown projection {projection!r}: use {', '.join(PROJECTIONS)}")
+    n = len(vectors)
+    if projection == "auto":
+        projection = "tsne" if n <= config.TSNE_MAX_IMAGES else "pca"
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if n < 3:  # nothing to project: t-SNE needs more rows than its perplexity, PCA two
+        xy = np.stack([np.arange(n, dtype=np.float64), np.zeros(n)], axis=1)
+    elif projection == "tsne":
+        from sklearn.manifold import TSNE
+
+        # Scores are cosines, so t-SNE's neighbourhoods are too; perplexity must stay below n.
+        tsne = TSNE(2, perplexity=min(30.0, (n - 1) / 3), init="pca", metric="cosine",
+                    random_state=seed)  # fmt: skip
+        xy = tsne.fit_transform(vectors).astype(np.float64)
+    else:
+        from sklearn.decomposition import PCA
+
+        xy = PCA(2, random_state=seed).fit_transform(vectors).astype(np.float64)
+    xy = xy - xy.min(axis=0) if n else xy.reshape(0, 2)
+    scale = float(xy.max()) if n else 0.0
+    xy = xy / scale if scale > 0 else xy
+    xy += (1 - xy.max(axis=0)) / 2 if n else 0  # centre the shorter axis
+    return xy, projection
+
+
+# --- HTML pages ----------------------------------------------------------------------
+
+
+def stylesheet() -> str:
+    return resources.files("imgsearch").joinpath("static/style.css").read_text(encoding="utf-8")
+
+
+def page(title: str, subtitle: str, body: str, script: str = "") -> str:
+    """A whole self-contained HTML document with the UI's stylesheet inline."""
+    return (
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<title>{html.escape(title)}</title>\n<link rel="icon" href="data:,">\n'
+        f"<style>\n{stylesheet()}</style>\n</head>\n<body>\n"
+        f'<header><h1>imgsearch</h1><p class="sub">{html.escape(subtitle)}</p></header>\n'
+        f"<main>\n{body}</main>\n{script}</body>\n</html>\n"
+    )
+
+
+def _subtitle(index: Index, what: str) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M")
+    return f"{what} · {index.root} · model {index.model_name} · {when}"
+
+
+def card(
+    index: Index,
+    path: str,
+    image: int | str | None = None,
+    score: float | None = None,
+    shared: list[str] | None = None,
+    badge: str = "",
+) -> str:
+    """One image as a report shows it: thumbnail (linking to the file), name, score and the
+    captions it shares with the query. ``image`` is its id or path in the index."""
+    thumb = index.thumbnail(image if image is not None else path, REPORT_THUMBNAIL)
+    return _card_html(path, _relative_name(index, path), thumb, score, shared, badge)
+
+
+def _card_html(
+    path: str,
+    name: str,
+    thumb: bytes | None,
+    score: float | None = None,
+    shared: list[str] | None = None,
+    badge: str = "",
+) -> str:
+    picture = (
+        f'<img src="{data_uri(thumb)}" alt="{html.escape(name)}">'
+        if thumb is not None
+        else '<span class="missing">no preview</span>'
+    )
+    line = f'<span class="score">{score:.4f}</span>' if score is not None else ""
+    if badge:
+        line += f'<span class="badge">{html.escape(badge)}</span>'
+    line += f'<span class="name" title="{html.escape(path)}">{html.escape(name)}</span>'
+    explained = ""
+    if shared is not None:
+        text = "; ".join(shared[:5]) + (f" (+{len(shared) - 5} more)" if len(shared) > 5 else "")
+        explained = (
+            f'<div class="shared" title="{html.escape("; ".join(shared))}">'
+            f"shares: {html.escape(text or '(no caption)')}</div>"
+        )
+    uri = html.escape(Path(path).as_uri())
+    return (
+        f'<figure class="hit" data-path="{html.escape(path)}">'
+        f'<a class="thumb" href="{uri}">{picture}</a>'
+        f'<figcaption><div class="line">{line}</div>{explained}</figcaption></figure>\n'
+    )
+
+
+def _relative_name(index: Index, path: str) -> str:
+    try:
+        return Path(path).relative_to(index.root).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def query_page(
+    index: Index, hits: Sequence[Hit], images: Sequence[Path] = (), text: str | None = None
+) -> str:
+    """The results of one query: the query (images or text), then every hit as a card."""
+    if text is not None:
+        asked = f'<p class="query-text">“{html.escape(text)}”</p>'
+        what = f"query: {text}"
+    else:
+        shown = []
+        for image in images:
+            found = index.image_file(image)
+            try:
+                thumb = index.thumbnail(found.id, REPORT_THUMBNAIL) if found else None
+                thumb = thumb or make_thumbnail(Path(image), REPORT_THUMBNAIL)
+            except BadImage:
+                thumb = None
+            shown.append(_card_html(str(Path(image).resolve()), Path(image).name, thumb))
+        asked = f'<div class="grid">{"".join(shown)}</div>'
+        what = "query: " + ", ".join(Path(i).name for i in images)
+    cards = "".join(card(index, h.path, h.id, h.score, h.shared) for h in hits)
+    body = (
+        f'<section class="asked"><h2>Query</h2>{asked}</section>\n'
+        f'<section class="results"><h2>{len(hits)} results</h2>'
+        f'<div class="grid">{cards}</div></section>\n'
+    )
+    return page(f"imgsearch {what}", _subtitle(index, what), body)
+
+
+def clusters_page(index: Index, clusters: Sequence[Cluster]) -> str:
+    """Every cluster under its name and most shared captions, with all its members."""
+    sections = []
+    for number, cluster in enumerate(clusters):
+        colour = PALETTE[number % len(PALETTE)]
+        cards = "".join(card(index, m) for m in cluster.members)
+        sections.append(
+            f'<section class="cluster"><h2><span class="dot" style="background:{colour}">'
+            f'</span>{html.escape(cluster.name)} <span class="count">'
+            f"({len(cluster.members)})</span></h2>"
+            f'<p class="captions">{html.escape("; ".join(cluster.captions))}</p>'
+            f'<div class="grid">{cards}</div></section>\n'
+        )
+    images = sum(len(c.members) for c in clusters)
+    what = f"{len(clusters)} clusters of {images} images"
+    return page(f"imgsearch {what}", _subtitle(index, what), "".join(sections))
+
+
+def duplicates_page(index: Index, groups: Sequence[Duplicates], threshold: float) -> str:
+    """Each group of near-duplicates: the one to keep first, then its copies."""
+    sections = []
+    for number, group in enumerate(groups, 1):
+        cards = card(index, group.keep, badge="keep") + "".join(
+            card(index, other, badge="copy") for other in group.others
+        )
+        sections.append(
+            f'<section class="dupes"><h2>Group {number} <span class="count">'
+            f"({1 + len(group.others)} images, image cosine ≥ {group.score:.3f})</span></h2>"
+            f'<div class="grid">{cards}</div></section>\n'
+        )
+    if not groups:
+        sections.append(f'<p class="empty">No near-duplicates at threshold {threshold:g}.</p>')
+    what = f"{len(groups)} duplicate groups (threshold {threshold:g})"
+    return page(f"imgsearch {what}", _subtitle(index, what), "".join(sections))
+
+
+# --- the map -------------------------------------------------------------------------
+
+MAP_SCRIPT = """<script>
+(() => {
+  const points = JSON.parse(document.getElementById("points").textContent);
+  const tip = document.getElementById("tip");
+  const svg = document.querySelector("svg.map");
+  svg.addEventListener("mouseover", (event) => {
+    const i = event.target.dataset && event.target.dataset.i;
+    if (i === undefined) return;
+    const p = points[Number(i)];
+    tip.querySelector("img").src = p.thumb || "";
+    tip.querySelector(".name").textContent = p.name;
+    tip.querySelector(".cluster").textContent = p.cluster;
+    tip.hidden = false;
+  });
+  svg.addEventListener("mousemove", (event) => {
+    const right = event.clientX + 16 + tip.offsetWidth > window.innerWidth;
+    const below = event.clientY + 16 + tip.offsetHeight > window.innerHeight;
+    tip.style.left = (right ? event.clientX - 16 - tip.offsetWidth : event.clientX + 16) + "px";
+    tip.style.top = (below ? event.clientY - 16 - tip.offsetHeight : event.clientY + 16) + "px";
+  });
+  svg.addEventListener("mouseout", (event) => {
+    if (event.target.dataset && event.target.dataset.i !== undefined) tip.hidden = true;
+  });
+  svg.addEventListener("click", (event) => {
+    const i = event.target.dataset && event.target.dataset.i;
+    if (i !== undefined) window.open(points[Number(i)].uri, "_blank");
+  });
+})();
+</script>
+"""
+
+
+def map_page(index: Index, layout: Layout) -> str:
+    """The map as an SVG: one point per image, coloured by cluster, its thumbnail on hover."""
+    width, height, margin = 1000, 750, 12
+    radius = _radius(len(layout.paths), 1000)
+    circles, points = [], []
+    for row, (path, (x, y), label) in enumerate(zip(layout.paths, layout.xy, layout.cluster)):
+        cx = margin + x * (width - 2 * margin)
+        cy = margin + y * (height - 2 * margin)
+        colour = PALETTE[int(label) % len(PALETTE)]
+        name = _relative_name(index, path)
+        circles.append(
+            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{radius}" fill="{colour}" '
+            f'data-i="{row}" data-id="{int(layout.ids[row])}"><title>{html.escape(name)}'
+            "</title></circle>"
+        )
+        thumb = index.thumbnail(int(layout.ids[row]), MAP_THUMBNAIL)
+        points.append(
+            {
+                "name": name,
+                "cluster": layout.clusters[int(label)].name,
+                "uri": Path(path).as_uri(),
+                "thumb": data_uri(thumb) if thumb is not None else None,
+            }
+        )
+    legend = "".join(
+        f'<li><span class="dot" style="background:{PALETTE[n % len(PALETTE)]}"></span>'
+        f'{html.escape(c.name)} <span class="count">({len(c.members)})</span></li>'
+        for n, c in enumerate(layout.clusters)
+    )
+    # "</" inside a script element would end it early; JSON allows "<\/" for it.
+    data = json.dumps(points, ensure_ascii=False).replace("</", "<\\/")
+    body = (
+        '<div class="map-wrap">'
+        f'<svg class="map" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="map of {len(points)} images">{"".join(circles)}</svg>'
+        f'<ul class="legend">{legend}</ul></div>\n'
+        '<div id="tip" class="tip" hidden><img alt=""><div class="name"></div>'
+        '<div class="cluster"></div></div>\n'
+        f'<script type="application/json" id="points">{data}</script>\n'
+    )
+    what = f"map of {len(points)} images ({layout.projection}, {len(layout.clusters)} clusters)"
+    return page(f"imgsearch {what}", _subtitle(index, what), body, MAP_SCRIPT)
+
+
+def map_png(layout: Layout, size: tuple[int, int] = MAP_SIZE) -> Image.Image:
+    """The map as a picture: coloured points, and a legend of cluster names on the right."""
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = _font(max(11, min(16, height // 60)))
+    line = font.getbbox("Ag")[3] + 6
+    legend_width = min(340, width // 3)
+    margin = 16
+    title = f"{len(layout.paths)} images, {layout.projection}, {len(layout.clusters)} clusters"
+    draw.text((margin, margin // 2), title, fill="#444444", font=font)
+    left, top = margin, margin + line
+    right, bottom = width - legend_width - margin, height - margin
+    radius = _radius(len(layout.paths), min(right - left, bottom - top))
+    for (x, y), label in zip(layout.xy, layout.cluster):
+        cx = left + x * (right - left)
+        cy = top + y * (bottom - top)
+        colour = PALETTE[int(label) % len(PALETTE)]
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour,
+                     outline="#333333")  # fmt: skip
+    rows = max(1, (height - top - margin) // line)
+    x0 = width - legend_width
+    shown = layout.clusters if len(layout.clusters) <= rows else layout.clusters[: rows - 1]
+    for n, cluster in enumerate(shown):
+        y = top + n * line
+        draw.ellipse((x0, y + 3, x0 + line - 9, y + line - 6), fill=PALETTE[n % len(PALETTE)])
+        text = _fit(draw, f"{cluster.name} ({len(cluster.members)})", font, legend_width - line)
+        draw.text((x0 + line, y), text, fill="#222222", font=font)
+    if len(shown) < len(layout.clusters):
+        more = f"+{len(layout.clusters) - len(shown)} more clusters"
+        draw.text((x0 + line, top + len(shown) * line), more, fill="#666666", font=font)
+    return image
+
+
+def _radius(count: int, extent: int) -> int:
+    """Points small enough not to cover each other much, large enough to see and hover."""
+    return int(max(3, min(8, extent / (4 * math.sqrt(max(count, 1))))))
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow < 10.1, or no FreeType
+        return ImageFont.load_default()
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+# --- writing -------------------------------------------------------------------------
+
+
+def save(path: Path, content: str | Image.Image) -> None:
+    """Write a page or a picture, with a clear error where it cannot be written."""
+    try:
+        if isinstance(content, Image.Image):
+            content.save(path, "PNG", optimize=True)
+        else:
+            path.write_text(content, encoding="utf-8")
+    except OSError as exc:
+        raise ImgsearchError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def map_format(path: Path) -> str:
+    """'html' or 'png', from the file's suffix: checked before any work is done."""
+    suffix = path.suffix.lower()
+    if suffix in (".html", ".htm"):
+        return "html"
+    if suffix == ".png":
+        return "png"
+    raise ImgsearchError(f"{path}: the map is written as .html or .png")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1200x900' -> (1200, 900)."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ImgsearchError(f"--size {text!r}: give WIDTHxHEIGHT, e.g. 1200x900") from None
+    if width < 200 or height < 150 or width * height > 10**8:
+        raise ImgsearchError(f"--size {text}: from 200x150 up to 100 megapixels")
+    return width, height
+
+
+def save_map(index: Index, layout: Layout, path: Path, size: tuple[int, int] = MAP_SIZE) -> None:
+    """``map.html`` (interactive, thumbnails on hover) or ``map.png``, by the file's suffix."""
+    if map_format(path) == "html":
+        save(path, map_page(index, layout))
+    else:
+        save(path, map_png(layout, size))

@@ -1,0 +1,268 @@
+// imgsearch web UI: plain JavaScript, no build step. Talks to the JSON routes of imgsearch/web.py.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let uploadLimit = 20 * 1024 * 1024;
+let latest = 0; // only the newest search may fill the grid
+const loaded = {}; // tabs already filled: clusters, duplicates
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function getJSON(url, options) {
+  let response;
+  try {
+    response = await fetch(url, options);
+  } catch (err) {
+    throw new Error("the imgsearch server does not answer (is it still running?)");
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (err) {
+    data = null;
+  }
+  if (!response.ok) {
+    throw new Error((data && data.error) || `${response.status} ${response.statusText}`);
+  }
+  return data;
+}
+
+function sharedText(shared, most = 5) {
+  if (!shared.length) return "(no caption)";
+  const more = shared.length > most ? ` (+${shared.length - most} more)` : "";
+  return shared.slice(0, most).join("; ") + more;
+}
+
+// One image as a card: thumbnail (opens the full image), score, name, shared captions,
+// and "More like this".
+function card(item, extra = {}) {
+  const figure = el("figure", "hit");
+  figure.dataset.id = item.id;
+  figure.dataset.path = item.path;
+  const link = el("a", "thumb");
+  link.href = `/image/${item.id}`;
+  link.target = "_blank";
+  link.rel = "noopener";
+  const img = el("img");
+  img.src = `/thumb/${item.id}`;
+  img.alt = item.name;
+  img.loading = "lazy";
+  link.append(img);
+  const caption = el("figcaption");
+  const line = el("div", "line");
+  if (item.score !== undefined) line.append(el("span", "score", item.score.toFixed(4)));
+  if (extra.badge) line.append(el("span", "badge", extra.badge));
+  const name = el("span", "name", item.name);
+  name.title = item.path;
+  line.append(name);
+  caption.append(line);
+  if (item.shared) {
+    const shared = el("div", "shared", "shares: " + sharedText(item.shared));
+    shared.title = item.shared.join("; ");
+    caption.append(shared);
+  }
+  const more = el("button", "more", "More like this");
+  more.type = "button";
+  more.addEventListener("click", () => {
+    location.hash = `#similar=${item.id}`;
+  });
+  caption.append(more);
+  figure.append(link, caption);
+  return figure;
+}
+
+function showQuery(query, preview) {
+  const box = $("query");
+  box.replaceChildren();
+  if (query.kind === "text") {
+    box.append(el("p", "query-text", `“${query.text}”`));
+    return;
+  }
+  const img = el("img");
+  img.alt = query.name || "query image";
+  img.src = preview || `/thumb/${query.id}`;
+  const words = el("div");
+  words.append(el("div", "name", query.name ? `Like ${query.name}` : "Like this image"));
+  if (query.captions && query.captions.length) {
+    words.append(el("p", "captions", "looks like: " + query.captions.join("; ")));
+  }
+  box.append(img, words);
+}
+
+function showResults(data, preview) {
+  showQuery(data.query, preview);
+  const hits = data.hits;
+  $("search-note").textContent = hits.length
+    ? `${hits.length} most similar, best first; "shares" lists the captions a photo has in common with the query.`
+    : "No results.";
+  $("results").replaceChildren(...hits.map((hit) => card(hit)));
+}
+
+async function search(url, options, preview) {
+  const mine = ++latest;
+  showError("");
+  $("search-note").textContent = "Searching…";
+  try {
+    const data = await getJSON(url, options);
+    if (mine === latest) showResults(data, preview);
+  } catch (err) {
+    if (mine === latest) {
+      $("search-note").textContent = "";
+      showError(err.message);
+    }
+  }
+}
+
+function upload(file) {
+  if (!file) return;
+  selectTab("search");
+  history.replaceState(null, "", "#search");
+  if (file.size > uploadLimit) {
+    showError(`${file.name} is larger than the upload limit of ${uploadLimit / 2 ** 20} MB`);
+    return;
+  }
+  $("text").value = "";
+  const preview = URL.createObjectURL(file);
+  search(
+    "/api/search/image",
+    { method: "POST", body: file, headers: { "Content-Type": file.type || "application/octet-stream" } },
+    preview,
+  );
+}
+
+async function loadClusters() {
+  const k = $("cluster-k").value;
+  const box = $("clusters");
+  box.replaceChildren(el("p", "note", "Grouping…"));
+  showError("");
+  try {
+    const data = await getJSON(k ? `/api/clusters?k=${encodeURIComponent(k)}` : "/api/clusters");
+    $("cluster-k").value = data.k;
+    box.replaceChildren(
+      ...data.clusters.map((cluster) => {
+        const section = el("section", "cluster");
+        const title = el("h2", "", cluster.name + " ");
+        title.append(el("span", "count", `(${cluster.members.length})`));
+        const grid = el("div", "grid");
+        grid.append(...cluster.members.map((m) => card(m)));
+        section.append(title, el("p", "captions", cluster.captions.join("; ")), grid);
+        return section;
+      }),
+    );
+    loaded.clusters = true;
+  } catch (err) {
+    box.replaceChildren();
+    showError(err.message);
+  }
+}
+
+async function loadDuplicates() {
+  const box = $("duplicates");
+  box.replaceChildren(el("p", "note", "Looking for copies…"));
+  showError("");
+  try {
+    const data = await getJSON("/api/duplicates");
+    if (!data.groups.length) {
+      box.replaceChildren(el("p", "empty", `No near-duplicates at threshold ${data.threshold}.`));
+    } else {
+      box.replaceChildren(
+        ...data.groups.map((group, n) => {
+          const section = el("section", "dupes");
+          const title = el("h2", "", `Group ${n + 1} `);
+          const size = group.others.length + 1;
+          title.append(el("span", "count", `(${size} images, image cosine ≥ ${group.score.toFixed(3)})`));
+          const grid = el("div", "grid");
+          grid.append(card(group.keep, { badge: "keep" }));
+          grid.append(...group.others.map((o) => card(o, { badge: "copy" })));
+          section.append(title, grid);
+          return section;
+        }),
+      );
+    }
+    loaded.duplicates = true;
+  } catch (err) {
+    box.replaceChildren();
+    showError(err.message);
+  }
+}
+
+function selectTab(name) {
+  for (const link of document.querySelectorAll("nav.tabs a")) {
+    link.classList.toggle("active", link.dataset.tab === name);
+  }
+  for (const panel of document.querySelectorAll("[data-panel]")) {
+    panel.hidden = panel.dataset.panel !== name;
+  }
+}
+
+// The address says what is shown: #text=..., #similar=ID, #clusters, #duplicates.
+function route() {
+  const hash = decodeURIComponent(location.hash.slice(1));
+  if (hash === "clusters" || hash === "duplicates") {
+    selectTab(hash);
+    if (!loaded[hash]) (hash === "clusters" ? loadClusters : loadDuplicates)();
+    return;
+  }
+  selectTab("search");
+  if (hash.startsWith("text=")) {
+    const text = hash.slice(5);
+    $("text").value = text;
+    search(`/api/search/text?q=${encodeURIComponent(text)}`);
+  } else if (hash.startsWith("similar=")) {
+    $("text").value = "";
+    search(`/api/similar/${encodeURIComponent(hash.slice(8))}`);
+  }
+}
+
+function setUp() {
+  $("text-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("text").value.trim();
+    if (!text) return;
+    const target = "#text=" + encodeURIComponent(text);
+    if (location.hash === target) route();
+    else location.hash = target;
+  });
+  $("file").addEventListener("change", (event) => {
+    upload(event.target.files[0]);
+    event.target.value = ""; // the same file again is a new search
+  });
+  const drop = $("drop");
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    upload(event.dataTransfer.files[0]);
+  });
+  // A file dropped anywhere else must not replace the page.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+  $("cluster-go").addEventListener("click", loadClusters);
+  window.addEventListener("hashchange", route);
+
+  getJSON("/api/status")
+    .then((status) => {
+      uploadLimit = status.upload_limit;
+      const plural = status.images === 1 ? "" : "s";
+      $("status").textContent = `${status.images} image${plural} in ${status.root} · model ${status.model}`;
+    })
+    .catch((err) => showError(err.message));
+  route();
+}
+
+setUp();

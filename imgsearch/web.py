@@ -1,0 +1,322 @@
+"""``imgsearch serve``: a local web UI over one index. Routes only; the work is ``Index``'s.
+
+Starlette (the toolkit FastAPI is built on) and uvicorn: the UI needs a handful of JSON and
+image routes, no request models or generated API docs, and nothing else is exposed. Only
+files in the index are ever served, addressed by their integer id (anything else is 404);
+a query upload is held in memory, size-limited, and decoded from a private temporary
+folder, never from or into the photo folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from imgsearch import config
+from imgsearch.api import Index
+from imgsearch.errors import ImgsearchError
+from imgsearch.files import BadImage, decode
+from imgsearch.report import cached_thumbnail
+from imgsearch.search import Hit
+
+DEFAULT_K = 24  # a grid's worth
+MAX_K = 200
+STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
+
+
+class Viewer:
+    """The server's state: one index, used by one request at a time (``Index`` is not made
+    for concurrent use), and what was worked out for the index as it last was."""
+
+    def __init__(self, index: Index, upload_limit: int = config.UPLOAD_LIMIT):
+        self.index = index
+        self.upload_limit = upload_limit
+        self.lock = threading.Lock()
+        self.memo: dict[tuple, object] = {}
+        folder = resources.files("imgsearch").joinpath("static")
+        self.files = {n: folder.joinpath(n).read_bytes() for n in (*STATIC, "index.html")}
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[Index]:
+        with self.lock:
+            if self.index.refresh():  # re-indexed by another process meanwhile
+                self.memo.clear()
+            yield self.index
+
+    def warm_up(self) -> None:
+        """Load the model before the first upload or text query needs it."""
+        with contextlib.suppress(Exception), self.using() as index:  # errors show when used
+            index.model  # noqa: B018 - loads it
+
+    def card(self, index: Index, path: str, image_id: int | None = None) -> dict:
+        if image_id is None:
+            found = index.image_file(path)
+            image_id = found.id if found is not None else None
+        return {"id": image_id, "path": path, "name": _name(index, path)}
+
+    def hits(self, index: Index, hits: list[Hit]) -> list[dict]:
+        return [
+            {**self.card(index, h.path, h.id), "score": round(h.score, 4), "shared": h.shared}
+            for h in hits
+        ]
+
+
+def create_app(index: Index, upload_limit: int = config.UPLOAD_LIMIT) -> Starlette:
+    viewer = Viewer(index, upload_limit)
+
+    def home(request: Request) -> Response:
+        return Response(viewer.files["index.html"], media_type="text/html")
+
+    def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC:
+            raise HTTPException(404)
+        return Response(viewer.files[name], media_type=STATIC[name])
+
+    def status(request: Request) -> Response:
+        with viewer.using() as ix:
+            info = ix.status()
+        return JSONResponse(
+            {
+                "root": info.root,
+                "model": info.model,
+                "images": info.images,
+                "captions": info.caption_count,
+                "upload_limit": viewer.upload_limit,
+            }
+        )
+
+    def thumbnail(request: Request) -> Response:
+        with viewer.using() as ix:
+            found = ix.image_file(request.path_params["image_id"])
+        if found is None:
+            raise HTTPException(404)
+        tag = f'"{found.hash}-{config.THUMBNAIL_SIZE}"'
+        headers = {"ETag": tag, "Cache-Control": "no-cache"}  # revalidated, rarely re-sent
+        if request.headers.get("if-none-match") == tag:
+            return Response(status_code=304, headers=headers)
+        data = cached_thumbnail(found, config.THUMBNAIL_SIZE)  # outside the lock: in parallel
+        if data is None:
+            raise HTTPException(404)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    def image(request: Request) -> Response:
+        with viewer.using() as ix:
+            found = ix.image_file(request.path_params["image_id"])
+        if found is None:
+            raise HTTPException(404)
+        return FileResponse(found.path, content_disposition_type="inline")
+
+    def search_text(request: Request) -> Response:
+        text = request.query_params.get("q", "")
+        k = _k(request)
+        with viewer.using() as ix:
+            hits = ix.query_text(text, k=k, explain=True)
+            query = {"kind": "text", "text": text}
+            return JSONResponse({"query": query, "hits": viewer.hits(ix, hits)})
+
+    def similar(request: Request) -> Response:
+        k = _k(request)
+        with viewer.using() as ix:
+            found = ix.image_file(request.path_params["image_id"])
+            if found is None:
+                raise HTTPException(404)
+            hits = ix.query(found.path, k=k, explain=True)
+            query = {
+                "kind": "indexed",
+                **viewer.card(ix, str(found.path), found.id),
+                "captions": [c.text for c in ix.captions(found.path)[:5]],
+            }
+            return JSONResponse({"query": query, "hits": viewer.hits(ix, hits)})
+
+    async def search_image(request: Request) -> Response:
+        k = _k(request)
+        body = bytearray()
+        too_large = int(request.headers.get("content-length") or 0) > viewer.upload_limit
+        async for chunk in request.stream():
+            if not too_large:
+                body += chunk
+                too_large = len(body) > viewer.upload_limit
+        # Read to the end even when refused, so the client gets the answer, not a reset.
+        if too_large:
+            limit = viewer.upload_limit / 2**20
+            return _error(413, f"the image is larger than the upload limit of {limit:g} MB")
+        if not body:
+            raise ImgsearchError("the upload is empty: choose an image file")
+        return await run_in_threadpool(search_upload, bytes(body), k)
+
+    def search_upload(data: bytes, k: int) -> Response:
+        with tempfile.TemporaryDirectory(prefix="imgsearch-upload-") as folder:
+            path = Path(folder) / "upload"
+            path.write_bytes(data)
+            try:
+                picture = decode(path).image
+            except BadImage as exc:
+                raise ImgsearchError(f"the upload cannot be used: {exc}") from None
+        with viewer.using() as ix:
+            hits = ix.query(picture, k=k, explain=True)
+            captions = [c.text for c in ix.captions(picture)[:5]]
+            query = {"kind": "image", "captions": captions}
+            return JSONResponse({"query": query, "hits": viewer.hits(ix, hits)})
+
+    def clusters(request: Request) -> Response:
+        with viewer.using() as ix:
+            k = _int(request, "k", config.viewer_clusters(ix.store.count()), 1, 500)
+            if ("clusters", k) not in viewer.memo:
+                found = ix.clusters(k=k)
+                viewer.memo[("clusters", k)] = [
+                    {
+                        "name": c.name,
+                        "captions": c.captions,
+                        "members": [viewer.card(ix, m) for m in c.members],
+                    }
+                    for c in found
+                ]
+            return JSONResponse({"k": k, "clusters": viewer.memo[("clusters", k)]})
+
+    def duplicates(request: Request) -> Response:
+        with viewer.using() as ix:
+            if ("duplicates",) not in viewer.memo:
+                viewer.memo[("duplicates",)] = [
+                    {
+                        "score": round(g.score, 4),
+                        "keep": viewer.card(ix, g.keep),
+                        "others": [viewer.card(ix, o) for o in g.others],
+                    }
+                    for g in ix.duplicates()
+                ]
+            threshold = config.duplicate_threshold(ix.model_name)
+            return JSONResponse({"threshold": threshold, "groups": viewer.memo[("duplicates",)]})
+
+    async def user_error(request: Request, exc: Exception) -> Response:
+        return _error(400, str(exc))
+
+    async def not_found(request: Request, exc: HTTPException) -> Response:
+        if request.url.path.startswith("/api/"):
+            return _error(exc.status_code, exc.detail)
+        return Response(exc.detail, status_code=exc.status_code, media_type="text/plain")
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    app = Starlette(
+        routes=[
+            Route("/", home),
+            Route("/static/{name}", static),
+            Route("/api/status", status),
+            Route("/api/search/text", search_text),
+            Route("/api/search/image", search_image, methods=["POST"]),
+            Route("/api/similar/{image_id:int}", similar),
+            Route("/api/clusters", clusters),
+            Route("/api/duplicates", duplicates),
+            Route("/thumb/{image_id:int}", thumbnail),
+            Route("/image/{image_id:int}", image),
+        ],
+        exception_handlers={
+            ImgsearchError: user_error,
+            HTTPException: not_found,
+            Exception: server_error,
+        },
+    )
+    app.state.viewer = viewer
+    return app
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ImgsearchError(f"{name} must be a whole number, not {text!r}") from None
+    if not low <= value <= high:
+        raise ImgsearchError(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _k(request: Request) -> int:
+    return _int(request, "k", DEFAULT_K, 1, MAX_K)
+
+
+def _name(index: Index, path: str) -> str:
+    try:
+        return Path(path).relative_to(index.root).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket, bound here so a taken port is one clear line, not a traceback."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ImgsearchError(f"cannot serve on host {host!r}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ImgsearchError(
+            f"cannot serve on {host}:{port}: {exc.strerror}; choose another --port"
+        ) from None
+    sock.listen(128)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve(
+    db: str | Path | None,
+    host: str = "127.0.0.1",
+    port: int = config.SERVE_PORT,
+    on_ready: Callable[[str, Index], None] | None = None,
+) -> None:
+    """Serve the index until interrupted (Ctrl-C or SIGTERM)."""
+    import uvicorn
+
+    with Index.open(db) as index:
+        app = create_app(index)
+        sock = listen(host, port)
+        threading.Thread(target=app.state.viewer.warm_up, daemon=True).start()
+        if on_ready is not None:
+            on_ready(url_of(sock), index)
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        )
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down cleanly, then passes it on
+            pass
+        finally:
+            sock.close()

@@ -1,0 +1,342 @@
+"""`imgsearch serve` in a real browser: headless Chromium (the system's) driven by Selenium,
+against the real server started as a subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from PIL import Image
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from imgsearch import Index
+from tests.conftest import sample
+from tests.test_cli import run
+from tests.test_report import make_library, photo_names
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+WAIT = 60  # seconds; the first upload may wait for the model to load
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory, small_bank: Path) -> Path:
+    return make_library(tmp_path_factory.mktemp("web") / "library", small_bank)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(library: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real `imgsearch serve`, as a user starts it; yields its URL."""
+    logs = tmp_path_factory.mktemp("server")
+    port = free_port()
+    with open(logs / "out", "w") as out, open(logs / "err", "w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "imgsearch.cli", "serve", "--port", str(port)],
+            cwd=library,  # finds the index as every command does
+            stdout=out,
+            stderr=err,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + WAIT
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"imgsearch serve exited with {process.returncode}: {read(logs / 'err')}")
+        try:
+            status, _ = get(url, "/api/status")
+        except OSError:
+            status = 0
+        if status == 200:
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"imgsearch serve did not answer within {WAIT} s: {read(logs / 'err')}")
+        time.sleep(0.2)
+    assert read(logs / "out").strip() == url  # the address to open, on stdout
+    yield url
+    process.send_signal(signal.SIGINT)  # Ctrl-C
+    assert process.wait(timeout=30) == 0
+    errors = read(logs / "err")
+    assert "Traceback" not in errors and "internal error" not in errors, errors
+
+
+def read(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+def get(url: str, path: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
+    """One request with the path sent exactly as written (no client-side normalising)."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=WAIT)
+    try:
+        connection.request(method, path, body=body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"the web UI tests need Chromium and its driver, but {' and '.join(missing)} "
+            "are missing: apt-get install chromium chromium-driver (as .ci/run does)"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # The driver's path is given, so Selenium Manager never looks for (or downloads) one.
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait(driver: WebDriver, condition: Callable[[WebDriver], object], what: str) -> object:
+    try:
+        return WebDriverWait(driver, WAIT).until(lambda d: condition(d))
+    except TimeoutException:
+        error = driver.find_element("id", "error").text
+        pytest.fail(f"timed out waiting for {what}; the page's error box says: {error!r}")
+
+
+def cards(driver: WebDriver) -> list[dict]:
+    """The result grid as shown: each card's name, score, shared captions, thumbnail state."""
+    return driver.execute_script(
+        """return [...document.querySelectorAll('#results figure.hit')].map(f => ({
+            id: Number(f.dataset.id),
+            name: f.querySelector('.name').textContent,
+            score: Number(f.querySelector('.score').textContent),
+            shared: f.querySelector('.shared').textContent,
+            loaded: f.querySelector('img').complete && f.querySelector('img').naturalWidth > 0,
+        }))"""
+    )
+
+
+def search_done(driver: WebDriver) -> bool:
+    note = driver.find_element("id", "search-note").text
+    return bool(note) and note != "Searching…"
+
+
+def results(driver: WebDriver, what: str) -> list[dict]:
+    wait(driver, lambda d: search_done(d) and cards(d), what)
+    wait(driver, lambda d: all(c["loaded"] for c in cards(d)[:3]), f"{what}'s thumbnails")
+    return cards(driver)
+
+
+def script_errors(driver: WebDriver) -> list[str]:
+    """Errors the page's JavaScript raised (refused requests are the server's answers)."""
+    return [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
+    ]
+
+
+def open_page(driver: WebDriver, url: str, fragment: str = "") -> None:
+    driver.get("about:blank")  # a fresh page each time: no state from the last test
+    driver.get(url + fragment)
+    wait(driver, lambda d: "image" in d.find_element("id", "status").text, "the status")
+
+
+def test_upload_finds_the_photo_and_its_copy(
+    browser: WebDriver, server: str, library: Path, tmp_path: Path
+) -> None:
+    before = sorted(p.relative_to(library) for p in library.rglob("*"))
+    upload = tmp_path / "my cat.png"  # the same photo, re-encoded, from outside the index
+    sample("chelsea").save(upload)
+    open_page(browser, server)
+    browser.find_element("id", "file").send_keys(str(upload))
+    shown = results(browser, "the upload's results")
+    assert len(shown) == 9  # an upload is not in the index: every photo is ranked
+    assert {c["name"] for c in shown[:2]} == {"chelsea.jpg", "chelsea-small.jpg"}
+    assert shown[0]["score"] > 0.99
+    assert [c["score"] for c in shown] == sorted((c["score"] for c in shown), reverse=True)
+    assert "a photo of a cat" in shown[0]["shared"]
+    assert "a photo of a cat" in browser.find_element("id", "query").text  # its own captions
+    assert sorted(p.relative_to(library) for p in library.rglob("*")) == before  # nothing written
+    assert not script_errors(browser)
+
+
+def test_more_like_this_searches_by_the_indexed_photo(browser: WebDriver, server: str) -> None:
+    open_page(browser, server, "#text=a photo of a cat")
+    first = results(browser, "the text search")[0]
+    assert first["name"] in ("chelsea.jpg", "chelsea-small.jpg")
+    browser.find_elements("css selector", "#results figure.hit button.more")[0].click()
+    wait(browser, lambda d: d.current_url.endswith(f"#similar={first['id']}"), "the address")
+    wait(browser, lambda d: f"Like {first['name']}" in d.find_element("id", "query").text, "query")
+    shown = results(browser, "more like this")
+    assert first["id"] not in [c["id"] for c in shown]  # the photo itself is not a result
+    assert shown[0]["name"] in {"chelsea.jpg", "chelsea-small.jpg"} - {first["name"]}
+    assert len(shown) == 8
+    assert not script_errors(browser)
+
+
+def test_text_search_from_the_box(browser: WebDriver, server: str) -> None:
+    open_page(browser, server)
+    box = browser.find_element("id", "text")
+    box.send_keys("a cup of coffee")
+    box.submit()
+    shown = results(browser, "the text search")
+    assert shown[0]["name"] == "coffee.jpg"
+    assert browser.current_url.endswith("#text=a%20cup%20of%20coffee")
+    assert "a cup of coffee" in browser.find_element("id", "query").text
+    assert not script_errors(browser)
+
+
+def test_a_dropped_photo_is_searched(browser: WebDriver, server: str, library: Path) -> None:
+    with Index.open(library / ".imgsearch" / "index.db") as index:
+        coffee = index.image_file(library / "coffee.jpg").id
+    open_page(browser, server)
+    browser.execute_async_script(
+        """const [id, done] = arguments;
+        fetch(`/image/${id}`).then(r => r.blob()).then(blob => {
+            const data = new DataTransfer();
+            data.items.add(new File([blob], "coffee.jpg", {type: "image/jpeg"}));
+            const drop = document.getElementById("drop");
+            drop.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+            done();
+        });""",
+        coffee,
+    )
+    shown = results(browser, "the dropped photo's results")
+    assert shown[0]["name"] == "coffee.jpg" and shown[0]["score"] > 0.99
+    assert not script_errors(browser)
+
+
+def test_clusters_and_duplicates_tabs(browser: WebDriver, server: str, library: Path) -> None:
+    open_page(browser, server)
+    browser.find_element("link text", "Clusters").click()
+    wait(browser, lambda d: d.find_elements("css selector", "#clusters section"), "clusters")
+    shown = browser.execute_script(
+        """return [...document.querySelectorAll('#clusters figure.hit')]
+            .map(f => f.dataset.path)"""
+    )
+    assert sorted(Path(p).name for p in shown) == sorted(photo_names(library))  # each once
+    titles = [h.text for h in browser.find_elements("css selector", "#clusters section h2")]
+    assert len(titles) == 3  # about sqrt(9) clusters, each named by its captions
+    sizes = [int(t.rsplit("(", 1)[1].rstrip(")")) for t in titles]
+    assert sum(sizes) == 9 and all(t.rsplit(" (", 1)[0] for t in titles)
+    browser.find_element("link text", "Duplicates").click()
+    wait(browser, lambda d: d.find_elements("css selector", "#duplicates section"), "duplicates")
+    group = browser.find_elements("css selector", "#duplicates section.dupes")
+    assert len(group) == 1
+    text = [f.text for f in group[0].find_elements("css selector", "figure.hit")]
+    assert "keep" in text[0] and "chelsea.jpg" in text[0]
+    assert "copy" in text[1] and "chelsea-small.jpg" in text[1]
+    assert not script_errors(browser)
+
+
+def test_a_file_that_is_not_an_image_is_a_clear_error(
+    browser: WebDriver, server: str, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("a shopping list, not a photo")
+    open_page(browser, server)
+    browser.find_element("id", "file").send_keys(str(notes))
+    error = browser.find_element("id", "error")
+    wait(browser, lambda d: error.is_displayed(), "the error message")
+    assert error.text == "the upload cannot be used: not an image"
+    assert not browser.find_elements("css selector", "#results figure.hit")
+    assert not script_errors(browser)
+
+
+def test_only_indexed_files_are_served(server: str, library: Path) -> None:
+    with Index.open(library / ".imgsearch" / "index.db") as index:
+        cat = index.image_file(library / "chelsea.jpg").id
+    status, body = get(server, f"/image/{cat}")
+    assert status == 200 and body == (library / "chelsea.jpg").read_bytes()
+    status, body = get(server, f"/thumb/{cat}")
+    with Image.open(io.BytesIO(body)) as thumb:
+        assert status == 200 and thumb.format == "JPEG" and max(thumb.size) == 256
+    for path in (
+        "/image/../../etc/passwd",
+        "/image/%2e%2e/%2e%2e/etc/passwd",
+        "/image/..%2f..%2fetc%2fpasswd",
+        "/thumb/../../../etc/passwd",
+        "/image/chelsea.jpg",
+        f"/image/{cat}/../../../etc/passwd",
+        "/image/999999",
+        "/thumb/999999",
+        "/image/-1",
+        "/static/../web.py",
+        "/static/..%2fweb.py",
+        "/static/index.html/../../web.py",
+        "/static/web.py",
+        "/etc/passwd",
+        "/.imgsearch/index.db",
+        "/api/similar/999999",
+    ):
+        status, body = get(server, path)
+        assert status == 404, path
+        assert b"root:" not in body and b"SQLite" not in body
+
+
+def test_uploads_are_size_limited(server: str) -> None:
+    status, body = get(server, "/api/search/image", "POST", b"\xff" * (20 * 2**20 + 1))
+    assert status == 413
+    assert json.loads(body) == {"error": "the image is larger than the upload limit of 20 MB"}
+    status, body = get(server, "/api/search/image", "POST", b"")
+    assert status == 400 and "empty" in json.loads(body)["error"]
+
+
+def test_screenshot(browser: WebDriver, server: str, tmp_path: Path) -> None:
+    open_page(browser, server, "#text=a rocket")
+    results(browser, "the text search")
+    out = tmp_path / "ui.png"
+    assert browser.save_screenshot(str(out))
+    with Image.open(out) as shot:
+        assert shot.format == "PNG" and shot.width >= 1000
+        low, high = zip(*shot.convert("RGB").getextrema())
+        assert max(high) - min(low) > 200  # thumbnails and text, not a blank page
+
+
+def test_serve_refuses_a_taken_port_and_a_missing_index(library: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = run("serve", "--db", str(library / ".imgsearch" / "index.db"), "--port", port)
+    assert done.exit_code == 1
+    assert done.stderr == (
+        f"imgsearch: error: cannot serve on 127.0.0.1:{port}: Address already in use; "
+        "choose another --port\n"
+    )
+    done = run("serve", "--db", str(tmp_path / "none.db"))
+    assert done.exit_code == 1 and done.stderr.startswith("imgsearch: error: no index at")
+    done = run("serve", "--port", "70000", "--db", str(library / ".imgsearch" / "index.db"))
+    assert done.exit_code == 2 and "70000" in done.stderr  # click's own usage error
