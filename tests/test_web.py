@@ -3,34 +3,32 @@ against the real server started as a subprocess on a free loopback port."""
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image
-from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
 
 from imgsearch import Index
+from tests.browser import (
+    chromium,
+    missing,
+    read,
+    request,
+    results,
+    serving,
+    wait,
+)
 from tests.conftest import sample
 from tests.test_cli import run
 from tests.test_report import make_library, photo_names
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WAIT = 60  # seconds; the first upload may wait for the model to load
 
 
@@ -39,123 +37,32 @@ def library(tmp_path_factory: pytest.TempPathFactory, small_bank: Path) -> Path:
     return make_library(tmp_path_factory.mktemp("web") / "library", small_bank)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(library: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The real `imgsearch serve`, as a user starts it; yields its URL."""
+    """The real `imgsearch serve`, started in the indexed folder (it finds the index there,
+    as every command does); yields its URL."""
     logs = tmp_path_factory.mktemp("server")
-    port = free_port()
-    with open(logs / "out", "w") as out, open(logs / "err", "w") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "imgsearch.cli", "serve", "--port", str(port)],
-            cwd=library,  # finds the index as every command does
-            stdout=out,
-            stderr=err,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + WAIT
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"imgsearch serve exited with {process.returncode}: {read(logs / 'err')}")
-        try:
-            status, _ = get(url, "/api/status")
-        except OSError:
-            status = 0
-        if status == 200:
-            break
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"imgsearch serve did not answer within {WAIT} s: {read(logs / 'err')}")
-        time.sleep(0.2)
-    assert read(logs / "out").strip() == url  # the address to open, on stdout
-    yield url
-    process.send_signal(signal.SIGINT)  # Ctrl-C
-    assert process.wait(timeout=30) == 0
+    with serving(library, logs, timeout=WAIT) as (url, process):
+        assert read(logs / "out").strip() == url  # the address to open, on stdout
+        yield url
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        assert process.wait(timeout=30) == 0
     errors = read(logs / "err")
     assert "Traceback" not in errors and "internal error" not in errors, errors
 
 
-def read(path: Path) -> str:
-    return path.read_text(errors="replace")
-
-
 def get(url: str, path: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
-    """One request with the path sent exactly as written (no client-side normalising)."""
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=WAIT)
-    try:
-        connection.request(method, path, body=body)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+    return request(url, path, method, body, timeout=WAIT)
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.fail(
-            f"the web UI tests need Chromium and its driver, but {' and '.join(missing)} "
-            "are missing: apt-get install chromium chromium-driver (as .ci/run does)"
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,900",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # The driver's path is given, so Selenium Manager never looks for (or downloads) one.
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    reason = missing()
+    if reason:
+        pytest.fail(reason)
+    driver = chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()
-
-
-def wait(driver: WebDriver, condition: Callable[[WebDriver], object], what: str) -> object:
-    try:
-        return WebDriverWait(driver, WAIT).until(lambda d: condition(d))
-    except TimeoutException:
-        error = driver.find_element("id", "error").text
-        pytest.fail(f"timed out waiting for {what}; the page's error box says: {error!r}")
-
-
-def cards(driver: WebDriver) -> list[dict]:
-    """The result grid as shown: each card's name, score, shared captions, thumbnail state."""
-    return driver.execute_script(
-        """return [...document.querySelectorAll('#results figure.hit')].map(f => ({
-            id: Number(f.dataset.id),
-            name: f.querySelector('.name').textContent,
-            score: Number(f.querySelector('.score').textContent),
-            shared: f.querySelector('.shared').textContent,
-            loaded: f.querySelector('img').complete && f.querySelector('img').naturalWidth > 0,
-        }))"""
-    )
-
-
-def search_done(driver: WebDriver) -> bool:
-    note = driver.find_element("id", "search-note").text
-    return bool(note) and note != "Searching…"
-
-
-def results(driver: WebDriver, what: str) -> list[dict]:
-    wait(driver, lambda d: search_done(d) and cards(d), what)
-    wait(driver, lambda d: all(c["loaded"] for c in cards(d)[:3]), f"{what}'s thumbnails")
-    return cards(driver)
 
 
 def script_errors(driver: WebDriver) -> list[str]:
@@ -272,6 +179,24 @@ def test_a_file_that_is_not_an_image_is_a_clear_error(
     wait(browser, lambda d: error.is_displayed(), "the error message")
     assert error.text == "the upload cannot be used: not an image"
     assert not browser.find_elements("css selector", "#results figure.hit")
+    assert not script_errors(browser)
+
+
+def test_the_map_shows_a_thumbnail_on_hover(
+    browser: WebDriver, library: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "map.html"
+    assert run("map", "-o", str(out), "--method", "pca", cwd=library).exit_code == 0
+    browser.get(out.as_uri())  # a file on its own: everything it shows is inside it
+    circles = browser.find_elements("css selector", "svg.map circle")
+    assert len(circles) == 9
+    point = circles[4]
+    ActionChains(browser).move_to_element(point).perform()
+    tip = browser.find_element("id", "tip")
+    preview = "return document.querySelector('#tip img').naturalWidth"
+    wait(browser, lambda d: tip.is_displayed() and d.execute_script(preview) > 0, "the preview")
+    name = point.find_element("tag name", "title").get_attribute("textContent")
+    assert tip.text.splitlines()[0] == name
     assert not script_errors(browser)
 
 

@@ -82,26 +82,27 @@ function card(item, extra = {}) {
   return figure;
 }
 
-function showQuery(query, preview) {
+function showQuery(query, upload) {
   const box = $("query");
   box.replaceChildren();
   if (query.kind === "text") {
     box.append(el("p", "query-text", `“${query.text}”`));
     return;
   }
+  const name = upload ? upload.name : query.name;
   const img = el("img");
-  img.alt = query.name || "query image";
-  img.src = preview || `/thumb/${query.id}`;
+  img.alt = name;
+  img.src = upload ? upload.preview : `/thumb/${query.id}`;
   const words = el("div");
-  words.append(el("div", "name", query.name ? `Like ${query.name}` : "Like this image"));
+  words.append(el("div", "name", `Like ${name}`));
   if (query.captions && query.captions.length) {
     words.append(el("p", "captions", "looks like: " + query.captions.join("; ")));
   }
   box.append(img, words);
 }
 
-function showResults(data, preview) {
-  showQuery(data.query, preview);
+function showResults(data, upload) {
+  showQuery(data.query, upload);
   const hits = data.hits;
   $("search-note").textContent = hits.length
     ? `${hits.length} most similar, best first; "shares" lists the captions a photo has in common with the query.`
@@ -109,13 +110,13 @@ function showResults(data, preview) {
   $("results").replaceChildren(...hits.map((hit) => card(hit)));
 }
 
-async function search(url, options, preview) {
+async function search(url, options, upload) {
   const mine = ++latest;
   showError("");
   $("search-note").textContent = "Searching…";
   try {
     const data = await getJSON(url, options);
-    if (mine === latest) showResults(data, preview);
+    if (mine === latest) showResults(data, upload);
   } catch (err) {
     if (mine === latest) {
       $("search-note").textContent = "";
@@ -133,11 +134,11 @@ function upload(file) {
     return;
   }
   $("text").value = "";
-  const preview = URL.createObjectURL(file);
+  const type = file.type || "application/octet-stream";
   search(
     "/api/search/image",
-    { method: "POST", body: file, headers: { "Content-Type": file.type || "application/octet-stream" } },
-    preview,
+    { method: "POST", body: file, headers: { "Content-Type": type } },
+    { name: file.name, preview: URL.createObjectURL(file) },
   );
 }
 
