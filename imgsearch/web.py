@@ -17,13 +17,17 @@ import threading
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imgsearch import config
 from imgsearch.api import Index
@@ -74,7 +78,27 @@ class Viewer:
         ]
 
 
-def create_app(index: Index, upload_limit: int = config.UPLOAD_LIMIT) -> Starlette:
+class LoopbackOnly:
+    """Answer only requests addressed to a loopback name (the Host header), so that a web page
+    cannot reach the photos by pointing a domain of its own at 127.0.0.1 (DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host", "")
+            if urlsplit(f"//{host}").hostname not in ("localhost", "127.0.0.1", "::1"):
+                response = PlainTextResponse("Invalid host header", status_code=400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    index: Index, upload_limit: int = config.UPLOAD_LIMIT, loopback_only: bool = True
+) -> Starlette:
+    """The app over one open index; ``loopback_only`` while it listens on loopback."""
     viewer = Viewer(index, upload_limit)
 
     def home(request: Request) -> Response:
@@ -213,6 +237,7 @@ def create_app(index: Index, upload_limit: int = config.UPLOAD_LIMIT) -> Starlet
         return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
     app = Starlette(
+        middleware=[Middleware(LoopbackOnly)] if loopback_only else [],
         routes=[
             Route("/", home),
             Route("/static/{name}", static),
@@ -306,7 +331,7 @@ def serve(
     import uvicorn
 
     with Index.open(db) as index:
-        app = create_app(index)
+        app = create_app(index, loopback_only=is_loopback(host))
         sock = listen(host, port)
         threading.Thread(target=app.state.viewer.warm_up, daemon=True).start()
         if on_ready is not None:

@@ -65,13 +65,18 @@ def free_port() -> int:
 
 
 def request(
-    url: str, path: str, method: str = "GET", body: bytes | None = None, timeout: float = 60
+    url: str,
+    path: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    timeout: float = 60,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
     """One request with the path sent exactly as written (no client-side normalising)."""
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
-        connection.request(method, path, body=body)
+        connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
         return response.status, response.read()
     finally:

@@ -231,6 +231,17 @@ def test_only_indexed_files_are_served(server: str, library: Path) -> None:
         assert b"root:" not in body and b"SQLite" not in body
 
 
+def test_only_loopback_host_names_are_answered(server: str) -> None:
+    """A page on another domain that points its name at 127.0.0.1 (DNS rebinding) gets
+    nothing: the server answers only requests addressed to a loopback name."""
+    port = server.rsplit(":", 1)[1].rstrip("/")
+    for host in ("localhost", "127.0.0.1"):
+        assert request(server, "/api/status", headers={"Host": f"{host}:{port}"})[0] == 200
+    for path in ("/api/status", "/thumb/1", "/"):
+        status, body = request(server, path, headers={"Host": f"evil.example:{port}"})
+        assert status == 400 and b"image" not in body
+
+
 def test_uploads_are_size_limited(server: str) -> None:
     status, body = get(server, "/api/search/image", "POST", b"\xff" * (20 * 2**20 + 1))
     assert status == 413
