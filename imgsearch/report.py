@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 REPORT_THUMBNAIL = 200  # longest side of a thumbnail embedded in a report
 MAP_THUMBNAIL = 128  # the map's hover previews: one per image, so smaller
+MAP_THUMBNAILS_MAX = 5000  # above, a page of previews would weigh hundreds of MB: names only
 MAP_SIZE = (1200, 900)
 PROJECTIONS = ("auto", "tsne", "pca")
 # Distinct colours for clusters (cycled past 20), readable on white.
@@ -276,6 +277,7 @@ MAP_SCRIPT = """<script>
     const i = event.target.dataset && event.target.dataset.i;
     if (i === undefined) return;
     const p = points[Number(i)];
+    tip.querySelector("img").hidden = !p.thumb;
     tip.querySelector("img").src = p.thumb || "";
     tip.querySelector(".name").textContent = p.name;
     tip.querySelector(".cluster").textContent = p.cluster;
@@ -314,7 +316,9 @@ def map_page(index: Index, layout: Layout) -> str:
             f'data-i="{row}" data-id="{int(layout.ids[row])}"><title>{html.escape(name)}'
             "</title></circle>"
         )
-        thumb = index.thumbnail(int(layout.ids[row]), MAP_THUMBNAIL)
+        thumb = None
+        if len(layout.paths) <= MAP_THUMBNAILS_MAX:
+            thumb = index.thumbnail(int(layout.ids[row]), MAP_THUMBNAIL)
         points.append(
             {
                 "name": name,
@@ -340,6 +344,8 @@ def map_page(index: Index, layout: Layout) -> str:
         f'<script type="application/json" id="points">{data}</script>\n'
     )
     what = f"map of {len(points)} images ({layout.projection}, {len(layout.clusters)} clusters)"
+    if len(points) > MAP_THUMBNAILS_MAX:
+        what += f"; no previews above {MAP_THUMBNAILS_MAX} images"
     return page(f"imgsearch {what}", _subtitle(index, what), body, MAP_SCRIPT)
 
 

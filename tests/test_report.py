@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsearch import Index
+from imgsearch import Index, report
 from imgsearch.report import PALETTE, REPORT_THUMBNAIL, project
 from tests.conftest import sample, write_photos
 from tests.test_cli import run
@@ -230,3 +230,16 @@ def test_projection_keeps_groups_apart() -> None:
         assert between > 2 * within, projection
     assert project(vectors[:1])[0].tolist() == [[0.5, 0.5]]
     assert project(vectors[:2], "tsne")[0].shape == (2, 2)
+
+
+def test_a_large_map_leaves_the_previews_out(
+    library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report, "MAP_THUMBNAILS_MAX", 8)  # the library has 9 photos
+    with Index.open(library / ".imgsearch" / "index.db") as index:
+        text = report.map_page(index, index.layout("pca", k=2))
+    page = Page()
+    page.feed(text)
+    assert len(page.circles) == 9
+    assert [p["thumb"] for p in json.loads(page.scripts["points"])] == [None] * 9
+    assert "no previews above 8 images" in text and "data:image/jpeg" not in text
