@@ -85,19 +85,23 @@ def connected(address: str) -> Iterator[Any]:
             yield ray
         return
     check_address(address)
-    if not os.environ.get("IMGSEARCH_DEBUG"):
+    debug = bool(os.environ.get("IMGSEARCH_DEBUG"))
+    if not debug:
         # Ray's core logs warnings meant for its developers straight to stderr (a model
         # worker's restart arguments, for one); failures still reach the user as errors.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
-        ray.init(
-            address=None if address == AUTO else address,
-            include_dashboard=False,
-            logging_level=logging.ERROR,
-            log_to_driver=bool(os.environ.get("IMGSEARCH_DEBUG")),
-        )
+        with contextlib.nullcontext() if debug else _quiet_stderr():  # init's own notes
+            ray.init(
+                address=None if address == AUTO else address,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=debug,
+            )
     except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
         reason = _line(exc)
+        if address != AUTO and not os.environ.get("RAY_AUTH_MODE"):
+            reason += " (a cluster with token authentication needs RAY_AUTH_MODE=token here)"
         raise ImgsearchError(f"cannot connect to the Ray cluster at {address}: {reason}") from None
     try:
         # Ray prints a worker's death to stdout, which carries only results (--json).
@@ -105,6 +109,20 @@ def connected(address: str) -> Iterator[Any]:
             yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Ray's C++ core writes to file descriptor 2 directly, past sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def check_address(address: str, timeout: float = 3.0) -> None:
@@ -297,7 +315,10 @@ def embed_files_ray(
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=cluster.workers),
+                # No more model workers than batches: each one loads the model.
+                compute=ray.data.ActorPoolStrategy(
+                    size=min(cluster.workers, math.ceil(len(files) / batch_size))
+                ),
                 num_cpus=1,
                 num_gpus=1 if cluster.gpus else 0,
                 max_restarts=RETRIES,
