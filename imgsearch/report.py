@@ -160,7 +160,7 @@ def card(
     """One image as a report shows it: thumbnail (linking to the file), name, score and the
     captions it shares with the query. ``image`` is its id or path in the index."""
     thumb = index.thumbnail(image if image is not None else path, REPORT_THUMBNAIL)
-    return _card_html(path, _relative_name(index, path), thumb, score, shared, badge)
+    return _card_html(path, display_name(index, path), thumb, score, shared, badge)
 
 
 def _card_html(
@@ -195,7 +195,8 @@ def _card_html(
     )
 
 
-def _relative_name(index: Index, path: str) -> str:
+def display_name(index: Index, path: str) -> str:
+    """A path as the UI and reports show it: relative to the indexed folder."""
     try:
         return Path(path).relative_to(index.root).as_posix()
     except ValueError:
@@ -310,7 +311,7 @@ def map_page(index: Index, layout: Layout) -> str:
         cx = margin + x * (width - 2 * margin)
         cy = margin + y * (height - 2 * margin)
         colour = PALETTE[int(label) % len(PALETTE)]
-        name = _relative_name(index, path)
+        name = display_name(index, path)
         circles.append(
             f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{radius}" fill="{colour}" '
             f'data-i="{row}" data-id="{int(layout.ids[row])}"><title>{html.escape(name)}'

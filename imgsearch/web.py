@@ -33,7 +33,7 @@ from imgsearch import config
 from imgsearch.api import Index
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import BadImage, decode
-from imgsearch.report import cached_thumbnail
+from imgsearch.report import cached_thumbnail, display_name
 from imgsearch.search import Hit
 
 DEFAULT_K = 24  # a grid's worth
@@ -49,6 +49,7 @@ class Viewer:
         self.index = index
         self.upload_limit = upload_limit
         self.lock = threading.Lock()
+        self.model_lock = threading.Lock()
         self.memo: dict[tuple, object] = {}
         folder = resources.files("imgsearch").joinpath("static")
         self.files = {n: folder.joinpath(n).read_bytes() for n in (*STATIC, "index.html")}
@@ -60,16 +61,22 @@ class Viewer:
                 self.memo.clear()
             yield self.index
 
+    def model_ready(self) -> None:
+        """Load the model once, under a lock of its own: browsing goes on while it loads, and
+        a search that needs it waits here, not inside the index lock."""
+        with self.model_lock:
+            self.index.model  # noqa: B018 - loads it
+
     def warm_up(self) -> None:
         """Load the model before the first upload or text query needs it."""
-        with contextlib.suppress(Exception), self.using() as index:  # errors show when used
-            index.model  # noqa: B018 - loads it
+        with contextlib.suppress(Exception):  # a failure shows when a search needs the model
+            self.model_ready()
 
     def card(self, index: Index, path: str, image_id: int | None = None) -> dict:
         if image_id is None:
             found = index.image_file(path)
             image_id = found.id if found is not None else None
-        return {"id": image_id, "path": path, "name": _name(index, path)}
+        return {"id": image_id, "path": path, "name": display_name(index, path)}
 
     def hits(self, index: Index, hits: list[Hit]) -> list[dict]:
         return [
@@ -87,8 +94,11 @@ class LoopbackOnly:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            host = Headers(scope=scope).get("host", "")
-            if urlsplit(f"//{host}").hostname not in ("localhost", "127.0.0.1", "::1"):
+            try:
+                name = urlsplit(f"//{Headers(scope=scope).get('host', '')}").hostname
+            except ValueError:  # not even a host name
+                name = None
+            if name not in ("localhost", "127.0.0.1", "::1"):
                 response = PlainTextResponse("Invalid host header", status_code=400)
                 await response(scope, receive, send)
                 return
@@ -147,6 +157,7 @@ def create_app(
     def search_text(request: Request) -> Response:
         text = request.query_params.get("q", "")
         k = _k(request)
+        viewer.model_ready()
         with viewer.using() as ix:
             hits = ix.query_text(text, k=k, explain=True)
             query = {"kind": "text", "text": text}
@@ -154,6 +165,8 @@ def create_app(
 
     def similar(request: Request) -> Response:
         k = _k(request)
+        with contextlib.suppress(Exception):  # needed only for a photo changed since indexing
+            viewer.model_ready()
         with viewer.using() as ix:
             found = ix.image_file(request.path_params["image_id"])
             if found is None:
@@ -190,6 +203,7 @@ def create_app(
                 picture = decode(path).image
             except BadImage as exc:
                 raise ImgsearchError(f"the upload cannot be used: {exc}") from None
+        viewer.model_ready()
         with viewer.using() as ix:
             hits = ix.query(picture, k=k, explain=True)
             captions = [c.text for c in ix.captions(picture)[:5]]
@@ -279,13 +293,6 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
 
 def _k(request: Request) -> int:
     return _int(request, "k", DEFAULT_K, 1, MAX_K)
-
-
-def _name(index: Index, path: str) -> str:
-    try:
-        return Path(path).relative_to(index.root).as_posix()
-    except ValueError:
-        return Path(path).name
 
 
 def listen(host: str, port: int) -> socket.socket:
