@@ -87,6 +87,10 @@ class Group(click.Group):
         except KeyboardInterrupt:
             say("interrupted; what was finished is saved, run the command again to go on")
             ctx.exit(130)
+        except BrokenPipeError:
+            # The reader went away (`imgsearch clusters | head`): nothing more to say to it.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - never a traceback for the user

@@ -172,7 +172,7 @@ class Preprocess:
             image = image.resize(size, self.resample, reducing_gap=None)
         w, h = image.size
         left, top = (w - self.crop) // 2, (h - self.crop) // 2
-        return np.asarray(image.crop((left, top, left + self.crop, top + self.crop)))
+        return np.array(image.crop((left, top, left + self.crop, top + self.crop)))  # writable
 
     def normalize(
         self,

@@ -241,3 +241,17 @@ def test_query_by_method(indexed: Path) -> None:
         assert result.exit_code == 0 and len(json.loads(result.stdout)) == 7
     bad = run("query", "--text", "cat", "--method", "image", cwd=indexed)
     assert bad.exit_code == 1 and "caption score only" in bad.stderr
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(indexed: Path) -> None:
+    """`imgsearch status | head -0`: the pipe closes before the result is written."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "imgsearch.cli", "status", "--json"],
+        cwd=indexed,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    child.stdout.close()  # long before the interpreter has even imported imgsearch
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 141, err
+    assert b"Traceback" not in err and b"error" not in err, err
