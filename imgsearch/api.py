@@ -7,10 +7,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +32,7 @@ from imgsearch.errors import ImgsearchError
 from imgsearch.evaluate import Evaluation, read_labels, read_pairs
 from imgsearch.files import BadImage, decode
 from imgsearch.indexer import IndexSummary, Skipped, embed_files, plan
-from imgsearch.search import Caption, Hit, VectorIndex
+from imgsearch.search import Caption, Hit, VectorIndex, needs_compression
 from imgsearch.storage import Store, is_url
 
 if TYPE_CHECKING:
@@ -322,6 +323,7 @@ class Index:
                     on_skip=on_skip,
                     progress=progress,
                 )
+            if todo.embed:
                 summary.skipped.extend(skipped)
                 updated = sum(1 for f in todo.embed if f.path in todo.changed)
                 bad_changed = sum(1 for s in skipped if s.path in todo.changed)
@@ -475,16 +477,34 @@ class Index:
         ids, paths, stored = self.store.vectors(column)
         if not len(ids):
             raise ImgsearchError(f"the index at {self.store.name} has no images yet")
+        hybrid_images = lambda: self.store.vectors("image_vector")[2]  # noqa: E731
+        return ids, paths, self._from_stored(method, ids, stored, hybrid_images)
+
+    def _method_chunks(self, method: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``method_vectors`` a page of images at a time, ids and vectors without paths: for
+        a search index over a collection too large to hold in memory."""
+        columns = {"image": ["image_vector"], "hybrid": ["caption_vector", "image_vector"]}
+        for ids, stored in self.store.vector_chunks(columns.get(method, ["caption_vector"])):
+            yield ids, self._from_stored(method, ids, stored[0], lambda s=stored: s[-1])
+
+    def _from_stored(
+        self,
+        method: str,
+        ids: np.ndarray,
+        stored: np.ndarray,
+        images: Callable[[], np.ndarray],
+    ) -> np.ndarray:
+        """A method's vectors from the stored column it starts from (image vectors for
+        'image', caption vectors otherwise); ``images`` gives the ones the hybrid adds."""
         if method == "image":
-            return ids, paths, stored
+            return stored
         if method == "caption_avg":
             caption_ids, caption_scores = self.store.caption_lists(ids)
-            return ids, paths, self.bank.combine(caption_ids, caption_scores, PAPER)
+            return self.bank.combine(caption_ids, caption_scores, PAPER)
         captions = centered(stored, self.caption_mean())
         if method == "caption":
-            return ids, paths, captions
-        images = centered(self.store.vectors("image_vector")[2], self.image_mean())
-        return ids, paths, hybrid_vectors(captions, images, self.hybrid_alpha)
+            return captions
+        return hybrid_vectors(captions, centered(images(), self.image_mean()), self.hybrid_alpha)
 
     def graph_tau(self) -> float:
         return float(self.meta.get("tau.graph", config.default_graph_tau(self.model_name)))
@@ -759,17 +779,66 @@ class Index:
                 [self.store.generation(), method, self.meta["caption_settings"], self.hybrid_alpha]
             )
             path = self._derived_path(f"{method}.vix")
+            memory = self.index_memory
             try:
                 index = VectorIndex.load(path)
             except (OSError, ValueError):
                 index = None
-            if index is None or index.stamp != stamp:
-                ids, _, vectors = self.method_vectors(method)
-                index = VectorIndex(ids, vectors, stamp=stamp)
+            if index is None or index.stamp != stamp or not index.suits(memory):
+                index = self._build_vector_index(method, stamp, memory, path.parent)
                 with contextlib.suppress(OSError):  # a read-only index still answers
                     index.save(path)
             self._vectors[method] = index
         return self._vectors[method]
+
+    def _build_vector_index(
+        self, method: str, stamp: str, memory: int, folder: Path
+    ) -> VectorIndex:
+        """Exact or IVF from the vectors in memory; where they would exceed the memory
+        budget, the compressed kind, read a page at a time, its vectors file in ``folder``."""
+        if not needs_compression(self.store.count(), self._method_dim(method), memory):
+            ids, _, vectors = self.method_vectors(method)
+            return VectorIndex(ids, vectors, stamp=stamp, memory=memory)
+        return VectorIndex.from_chunks(
+            self._method_chunks(method),
+            memory=memory,
+            stamp=stamp,
+            workdir=folder if os.access(folder, os.W_OK) else None,
+        )
+
+    def _method_dim(self, method: str) -> int:
+        """How many dimensions a method's vectors have, without reading them all."""
+        caption = self.bank.vectors.shape[1]
+        if method in ("caption", "caption_avg"):
+            return caption
+        _, (image,) = next(self.store.vector_chunks(["image_vector"], size=1))
+        return image.shape[1] + (caption if method == "hybrid" else 0)
+
+    @property
+    def index_memory(self) -> int:
+        """The memory budget of the search index, in bytes: where the flat vectors would
+        exceed it, the compressed kind is built (see ``set_index_memory``)."""
+        return int(self.meta.get("index_memory", config.INDEX_MEMORY))
+
+    def set_index_memory(self, size: int | str) -> int:
+        """Record a new memory budget for the search index ("4GB", "512MB" or bytes); later
+        queries build to it, and ``search_index`` rebuilds now. Returns it in bytes."""
+        value = parse_size(size) if isinstance(size, str) else int(size)
+        if value < 1:
+            raise ImgsearchError(f"the index memory must be positive, not {size!r}")
+        if value != self.index_memory:
+            self.store.set_meta({"index_memory": str(value)})
+            self.meta["index_memory"] = str(value)
+            self._vectors.clear()
+        return value
+
+    def search_index(self, method: str = config.DEFAULT_METHOD) -> VectorIndex:
+        """The method's search index, loaded or (stale, damaged or built to another memory
+        budget) rebuilt and saved: what queries use."""
+        _check_method(method, config.VECTOR_METHODS)
+        if not self.store.count():
+            raise ImgsearchError(f"the index at {self.store.name} has no images yet")
+        return self._vector_index(method)
 
     def _derived_path(self, name: str) -> Path:
         """Where a file made from the database is kept: beside a SQLite file; for a URL, in
@@ -799,9 +868,14 @@ class Index:
             if means is None:
                 means = {}
                 for name in ("caption", "image"):
-                    _, _, stored = self.store.vectors(f"{name}_vector")
+                    # A page at a time, summed row by row: numpy's own order for a column
+                    # mean, so the same float32 result without holding every vector.
+                    total, count = None, 0
+                    for ids, (stored,) in self.store.vector_chunks([f"{name}_vector"]):
+                        rows = stored if total is None else np.vstack([total[None], stored])
+                        total, count = np.add.reduce(rows, axis=0), count + len(ids)
                     dim = len(self.bank.vectors[0]) if name == "caption" else 1
-                    means[name] = stored.mean(axis=0) if len(stored) else np.zeros(dim)
+                    means[name] = total / np.float32(count) if count else np.zeros(dim)
                     means[name] = means[name].astype(np.float32)
                 with contextlib.suppress(OSError):
                     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
@@ -1030,6 +1104,19 @@ def _free_path(path: Path) -> Path:
         number += 1
         candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
     return candidate
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "4GB", "512MB", "1.5G", "64KiB" or a plain count. Units are binary
+    (1 GB = 2^30 bytes), as memory is counted; a bad value is one clear error."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", text, re.I)
+    value = float(match[1]) * _SIZE_UNITS[match[2].lower()] if match else 0
+    if not match or value < 1 or (not match[2] and not value.is_integer()):
+        raise ImgsearchError(f"bad memory size {text!r}: give a positive size such as 4GB or 512MB")
+    return int(value)
 
 
 def _db_target(db: str | os.PathLike) -> str | Path:

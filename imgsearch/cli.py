@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from imgsearch import config, relations, report
-from imgsearch.api import Index
+from imgsearch.api import Index, parse_size
 from imgsearch.errors import ImgsearchError
 
 # --db: a SQLite file path, or a database URL (anything with '://') kept as text.
@@ -141,6 +141,12 @@ def main() -> None:
     help="Only these files: a text file of image paths, one a line (absolute or relative to "
     "FOLDER). Indexed files not listed are kept as they are.",
 )
+@click.option(
+    "--index-memory",
+    metavar="SIZE",
+    help="Memory budget of the search index, e.g. 4GB or 512MB, kept for later queries "
+    "(default: 4GB). Where the vectors would exceed it, a compressed index is built.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-file notes.")
 @json_option
 def index(
@@ -155,11 +161,13 @@ def index(
     ray_address: str | None,
     ray_workers: int | None,
     files_from: Path | None,
+    index_memory: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Index every image in FOLDER (recursively); a re-run only does what changed."""
     files = read_list(files_from) if files_from else None
+    budget = parse_size(index_memory) if index_memory is not None else None
     if ray_address is not None:  # before a new index loads its model
         from imgsearch.distributed import check_address, require_ray
 
@@ -168,6 +176,8 @@ def index(
     elif ray_workers is not None:
         raise ImgsearchError("--ray-workers needs --ray")
     with Index.create(folder, db, model, captions, top_n, device, say=None if quiet else say) as ix:
+        if budget is not None:
+            ix.set_index_memory(budget)
         summary = ix.add(
             batch_size=batch_size,
             workers=workers,
@@ -177,6 +187,13 @@ def index(
             ray=ray_address,
             ray_workers=ray_workers,
         )
+        if budget is not None and ix.store.count():
+            built = ix.search_index()  # to the new budget, even where no file changed
+            if not quiet:
+                say(
+                    f"search index: {built.kind}, {built.memory_bytes() / 2**20:.1f} MB in "
+                    f"memory (budget {budget / 2**20:.1f} MB)"
+                )
     if as_json:
         emit(summary.to_dict())
         return

@@ -20,6 +20,12 @@ CAPTION_SETTINGS = CaptionSettings(
 # Weight of the caption score in the hybrid score; the image score gets the rest.
 HYBRID_ALPHA = 0.3
 
+# The search index's memory budget (bytes; `imgsearch index --index-memory` records another):
+# where the flat float32 vectors would exceed it (10^6 CLIP vectors take 2 GB, 10^7 20 GB),
+# the compressed kind (IVF lists of PQ codes, exact vectors re-read from disk) is built.
+# A fixed size, not a share of this machine's RAM, so an index is the same on every machine.
+INDEX_MEMORY = 4 << 30
+
 DEFAULT_METHOD = "caption"
 VECTOR_METHODS = ("caption", "caption_avg", "image", "hybrid")
 PIXEL_METHODS = ("ssim", "fsim")

@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -477,6 +477,26 @@ class Store:
             return ids, [], np.zeros((0, 0), np.float32)
         return ids, [r[1] for r in rows], np.stack([_vector(r[2]) for r in rows])
 
+    def vector_chunks(
+        self, columns: Sequence[str], size: int = 32768
+    ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+        """Every image's id and vector ``columns`` in id order, ``size`` images at a time:
+        for collections too large to load whole. Each page is its own query, found through
+        the primary key from the last id of the one before (not by skipping rows)."""
+        t = images_table
+        last = None
+        while True:
+            query = sa.select(t.c.id, *(t.c[c] for c in columns)).order_by(t.c.id).limit(size)
+            if last is not None:
+                query = query.where(t.c.id > last)
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            if not rows:
+                return
+            last = rows[-1][0]
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            yield ids, [np.stack([_vector(r[n]) for r in rows]) for n in range(1, len(columns) + 1)]
+
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         ids = [int(i) for i in ids]
         t = images_table
@@ -509,9 +529,13 @@ class Store:
     def caption_lists(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(caption ids, match scores) as (len(ids), N) matrices, rows in the order of ``ids``."""
         t = image_captions_table
+        # Only the id range asked for: pages of a large collection read their own rows.
+        low, high = (int(ids.min()), int(ids.max())) if len(ids) else (0, -1)
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(t.c.image_id, t.c.caption_id, t.c.score).order_by(t.c.image_id, t.c.rank)
+                sa.select(t.c.image_id, t.c.caption_id, t.c.score)
+                .where(t.c.image_id.between(low, high))
+                .order_by(t.c.image_id, t.c.rank)
             ).all()
         lists: dict[int, tuple[list[int], list[float]]] = {}
         for image_id, caption_id, score in rows:
