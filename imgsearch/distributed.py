@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 MISSING = "distributed indexing needs Ray: pip install 'imgsearch[ray]'"
 AUTO = "auto"  # a cluster this machine already belongs to, else a new local one
 RETRIES = 3  # per decode task and per model worker: enough for lost nodes, not for a bad file
-DECODE_BATCH = 8  # files per decode task: small, so the model workers start early
+DECODE_BATCH = 8  # files per decode call
+MAX_BLOCKS = 4096  # decode tasks at most, however many files
 KILL_ENV = "IMGSEARCH_RAY_TEST_KILL"
 _COLUMNS = ("path", "size", "mtime_ns", "hash", "width", "height", "error")
 
@@ -280,18 +281,15 @@ def embed_files_ray(
     """``embed_files`` on a Ray cluster: the same records, stored here. Returns (stored,
     skipped). ``preprocess`` may be a function, called only when the model's config cannot
     be read here (it loads the model on the driver)."""
-    with connected(address) as ray:
+    with connected(address) as ray, _quiet_data(ray):
         cluster = plan_cluster(ray, workers, device)
         if callable(preprocess) and not isinstance(preprocess, Preprocess):
             preprocess = model_preprocess(model) or preprocess()
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # ours is the one the user sees
-        context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
         rows = [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns} for f in files]
-        data = ray.data.from_items(
-            rows, override_num_blocks=max(1, math.ceil(len(rows) / DECODE_BATCH))
-        )
+        # One decode task per block: small ones start the model workers early; at most
+        # MAX_BLOCKS, so 10^7 files do not make 10^6 tasks.
+        blocks = min(math.ceil(len(rows) / DECODE_BATCH), MAX_BLOCKS)
+        data = ray.data.from_items(rows, override_num_blocks=max(1, blocks))
         # Ray Data retries without limit by default; a file that crashes its decoder every
         # time would then never let the run end. Ray 2.60 takes these limits only as
         # ray_remote_args (deprecated, with no named parameter yet): hence the filter.
@@ -334,6 +332,23 @@ def embed_files_ray(
         finally:
             writer.close()
     return writer.stored, writer.skipped
+
+
+@contextlib.contextmanager
+def _quiet_data(ray: Any) -> Iterator[None]:  # noqa: ANN401 - the ray module
+    """Ray Data's own progress output off for the run (ours is the one the user sees), and
+    back as it was after it."""
+    context = ray.data.DataContext.get_current()
+    logger = logging.getLogger("ray.data")
+    start = getattr(context, "print_on_execution_start", True)  # not in older Ray
+    saved = context.enable_progress_bars, start, logger.level
+    context.enable_progress_bars = context.print_on_execution_start = False
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.print_on_execution_start, level = saved
+        logger.setLevel(level)
 
 
 def _store_results(data: Any, writer: BatchWriter, batch_size: int) -> None:  # noqa: ANN401
