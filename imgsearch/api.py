@@ -796,7 +796,8 @@ class Index:
     ) -> VectorIndex:
         """Exact or IVF from the vectors in memory; where they would exceed the memory
         budget, the compressed kind, read a page at a time, its vectors file in ``folder``."""
-        if not needs_compression(self.store.count(), self._method_dim(method), memory):
+        count = self.store.count()
+        if not count or not needs_compression(count, self._method_dim(method), memory):
             ids, _, vectors = self.method_vectors(method)
             return VectorIndex(ids, vectors, stamp=stamp, memory=memory)
         return VectorIndex.from_chunks(

@@ -17,6 +17,7 @@ from imgsearch.api import Index, parse_size
 from imgsearch.cli import main
 from imgsearch.errors import ImgsearchError
 from imgsearch.search import CODE_DIMS, IndexFileError, VectorIndex, code_bytes, flat_bytes
+from tests.conftest import sample
 
 DIM = 64
 N = 20_000
@@ -231,3 +232,16 @@ def test_cli_tiny_budget_end_to_end(photos: Path, tiny_clip: Path, small_bank: P
     roomy = run("index", str(photos), "--index-memory", "1GB")
     assert roomy.exit_code == 0 and "search index: exact" in roomy.stderr
     assert vix_files(photos) == ["index.db.caption.vix"]
+
+
+@pytest.mark.parametrize("method", ["caption", "image", "hybrid"])
+def test_tiny_budget_on_an_empty_index(tmp_path: Path, tiny_clip: Path, small_bank: Path, method):
+    """No images yet: the same clear error as without a budget, whatever the method."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    photo = tmp_path / "cat.jpg"
+    sample("chelsea").save(photo)
+    with Index.create(empty, model=str(tiny_clip), captions=small_bank) as index:
+        index.set_index_memory("1KB")
+        with pytest.raises(ImgsearchError, match="no images yet"):
+            index.query(photo, method=method)
