@@ -279,9 +279,9 @@ def decoded_tensors(
 
     infos = [FileInfo(p.relative_to(root).as_posix(), 0, 0) for p in paths]
     for item in _decoded(root, infos, model, workers):
-        if item.error or item.pixels is None:
-            raise RuntimeError(f"{item.info.path}: {item.error}")
-        yield item.pixels
+        if item.pixels.error or item.pixels.array is None:
+            raise RuntimeError(f"{item.info.path}: {item.pixels.error}")
+        yield item.pixels.array
 
 
 def decode_path(

@@ -32,8 +32,8 @@ from urllib.parse import urlparse
 import numpy as np
 
 from imgsearch.errors import ImgsearchError
-from imgsearch.files import FileInfo, Preprocess, load_pixels
-from imgsearch.indexer import BatchWriter, Skipped, _Item, embed_batch
+from imgsearch.files import FileInfo, Pixels, Preprocess, load_pixels
+from imgsearch.indexer import BatchWriter, Loaded, Skipped, embed_batch
 
 if TYPE_CHECKING:
     from imgsearch.captions import CaptionBank, CaptionSettings
@@ -238,12 +238,14 @@ class ModelWorker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         good = [i for i, error in enumerate(batch["error"]) if not error]
         items = [
-            _Item(
+            Loaded(
                 FileInfo(str(batch["path"][i]), int(batch["size"][i]), int(batch["mtime_ns"][i])),
-                batch["pixels"][i],
-                int(batch["width"][i]),
-                int(batch["height"][i]),
-                str(batch["hash"][i]),
+                Pixels(
+                    batch["pixels"][i],
+                    int(batch["width"][i]),
+                    int(batch["height"][i]),
+                    str(batch["hash"][i]),
+                ),
             )
             for i in good
         ]

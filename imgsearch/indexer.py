@@ -155,21 +155,11 @@ def _safe_hash(path: Path) -> str | None:
 
 
 @dataclass
-class _Item:
+class Loaded:
+    """A file to embed and what a decode worker made of it."""
+
     info: FileInfo
-    pixels: np.ndarray | None = None  # (crop, crop, 3) uint8
-    width: int = 0
-    height: int = 0
-    hash: str = ""
-    error: str = ""
-
-
-def _item(info: FileInfo, loaded: Pixels) -> _Item:
-    return _Item(info, loaded.array, loaded.width, loaded.height, loaded.hash, loaded.error)
-
-
-def _load(root: Path, info: FileInfo, model: Model) -> _Item:
-    return _item(info, load_pixels(root / info.path, model.preprocess))
+    pixels: Pixels
 
 
 def default_workers() -> int:
@@ -213,7 +203,7 @@ def _decoded(
     workers: int,
     batch_size: int = 0,
     processes: bool | None = None,
-) -> Iterator[_Item]:
+) -> Iterator[Loaded]:
     """Decode in workers, in order, a bounded number of files ahead.
 
     A whole batch plus a few files per worker stay queued, so the workers keep decoding
@@ -233,10 +223,10 @@ def _decoded(
             pending.append((info, pool.submit(load_pixels, root / info.path, model.preprocess)))
             if len(pending) >= ahead:
                 done, future = pending.popleft()
-                yield _item(done, future.result())
+                yield Loaded(done, future.result())
         while pending:
             done, future = pending.popleft()
-            yield _item(done, future.result())
+            yield Loaded(done, future.result())
     except BrokenProcessPool:
         _POOLS.pop(workers, None)
         raise
@@ -248,23 +238,23 @@ def _decoded(
 
 
 def embed_batch(
-    items: list[_Item], model: Model, bank: CaptionBank, settings: CaptionSettings
+    items: list[Loaded], model: Model, bank: CaptionBank, settings: CaptionSettings
 ) -> list[ImageRecord]:
     """Decoded files to the records stored for them: the model, then the caption bank.
 
     The single-process indexer and the Ray model workers both call this, so both store the
     same vectors and captions for the same files.
     """
-    vectors = model.encode_images(np.stack([item.pixels for item in items]))
+    vectors = model.encode_images(np.stack([item.pixels.array for item in items]))
     captioned = bank.describe(vectors.text_space, settings)
     return [
         ImageRecord(
             path=item.info.path,
             size=item.info.size,
             mtime_ns=item.info.mtime_ns,
-            hash=item.hash,
-            width=item.width,
-            height=item.height,
+            hash=item.pixels.hash,
+            width=item.pixels.width,
+            height=item.pixels.height,
             image_vector=vectors.image[i],
             caption_vector=captioned.vectors[i],
             caption_ids=captioned.ids[i].tolist(),
@@ -328,11 +318,11 @@ def embed_files(
 
     workers = workers or default_workers()
     writer = BatchWriter(store, len(files), on_skip, progress)
-    batch: list[_Item] = []
+    batch: list[Loaded] = []
     try:
         for item in _decoded(root, files, model, workers, batch_size):
-            if item.error:
-                writer.skip(item.info, item.error)
+            if item.pixels.error:
+                writer.skip(item.info, item.pixels.error)
                 continue
             batch.append(item)
             if len(batch) >= batch_size:
