@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from imgsearch import Index
-from imgsearch.evaluate import read_labels
+from imgsearch.metrics import read_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 

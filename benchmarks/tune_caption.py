@@ -311,7 +311,7 @@ class Bench:
         subsets: dict[str, np.ndarray],
         repeats: int = 5,
     ) -> None:
-        from imgsearch.evaluate import retrieval_metrics
+        from imgsearch.metrics import retrieval_metrics
         from imgsearch.models.base import normalize
 
         self.ds = ds
@@ -504,6 +504,7 @@ def prepare(data: Path, batch_size: int, threads: int) -> tuple[Bench, Callable[
 
     from imgsearch.captions import CaptionBank, read_bank
     from imgsearch.models import load_model
+    from imgsearch.models.base import cached_text_vectors
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -520,7 +521,7 @@ def prepare(data: Path, batch_size: int, threads: int) -> tuple[Bench, Callable[
         OUT.mkdir(exist_ok=True)
         np.savez_compressed(cached, features=features, logits=logits, paths=np.array(paths))
     _, texts = read_bank(None)
-    bank = CaptionBank.embed(model, texts)
+    bank = CaptionBank(texts, cached_text_vectors(model, texts))
     class_vectors = model.class_vectors.float().cpu().numpy()
     ds = Dataset(paths, labels, features, logits, pair_a, pair_b, same)
     bench = Bench(ds, class_vectors, bank.vectors, bank_subsets(texts))

@@ -10,19 +10,18 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from imgsearch.api import Index, Status, default_db, find_db
+    from imgsearch.api import Index, default_db, find_db
     from imgsearch.errors import ImgsearchError
-    from imgsearch.indexer import IndexSummary, Skipped
-    from imgsearch.search import Caption, Hit
+    from imgsearch.results import Caption, Hit, IndexSummary, Skipped, Status
 
 _HOMES = {
-    "Caption": "imgsearch.search",
-    "Hit": "imgsearch.search",
+    "Caption": "imgsearch.results",
+    "Hit": "imgsearch.results",
     "ImgsearchError": "imgsearch.errors",
     "Index": "imgsearch.api",
-    "IndexSummary": "imgsearch.indexer",
-    "Skipped": "imgsearch.indexer",
-    "Status": "imgsearch.api",
+    "IndexSummary": "imgsearch.results",
+    "Skipped": "imgsearch.results",
+    "Status": "imgsearch.results",
     "default_db": "imgsearch.api",
     "find_db": "imgsearch.api",
 }

@@ -1,39 +1,50 @@
-"""The Python API: the single way in, for programs and for the command line alike."""
+"""The Python API: the single way in, for programs and for the command line alike.
+
+``Index`` is a thin front over the rooms below it, each named for what it holds: the
+database (``storage.Store``), the model side (``indexer.Embedding``: model, caption bank,
+settings), the files derived from the database (``derived.Derived``), and the scoring
+methods (``scoring``). Each method here opens what it needs and calls one of them.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
 import os
-import re
-import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from imgsearch import config, relations
-from imgsearch.captions import (
-    PAPER,
-    CaptionBank,
-    CaptionSettings,
-    bank_digest,
-    centered,
-    read_bank,
-)
+from imgsearch import config, indexer, scoring
+from imgsearch.captions import DEFAULT_SETTINGS, CaptionBank, CaptionSettings, bank_digest
+from imgsearch.collection import Collection
+from imgsearch.derived import Derived
 from imgsearch.errors import ImgsearchError
-from imgsearch.evaluate import Evaluation, read_labels, read_pairs
-from imgsearch.files import BadImage, decode
-from imgsearch.indexer import IndexSummary, Skipped, embed_files, plan
-from imgsearch.search import Caption, Hit, VectorIndex, needs_compression
+from imgsearch.files import relative_path
+from imgsearch.models import family
+from imgsearch.results import (
+    Caption,
+    Cluster,
+    Comparison,
+    Description,
+    Duplicates,
+    Evaluation,
+    Graph,
+    Hit,
+    IndexedFile,
+    IndexSummary,
+    Layout,
+    Moved,
+    SetHit,
+    Status,
+)
+from imgsearch.search import VectorIndex, parse_size
 from imgsearch.storage import Store, is_url
+from imgsearch.vectors import Vectors
 
 if TYPE_CHECKING:
     from imgsearch.models import Model
@@ -43,23 +54,7 @@ DB_NAME = "index.db"
 
 ImageInput = str | os.PathLike | Image.Image
 
-
-@dataclass
-class Status:
-    """What ``imgsearch status`` shows."""
-
-    root: str
-    db: str
-    model: str
-    captions: str
-    caption_count: int
-    top_n: int
-    images: int
-    size_bytes: int
-    tau: dict[str, float]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["Index", "Status", "compare_images", "default_db", "find_db", "parse_size"]
 
 
 def default_db(folder: str | os.PathLike) -> Path:
@@ -87,17 +82,31 @@ class Index:
     >>> index.query("photos/cat.jpg", k=5)       # -> list[Hit]
     """
 
-    def __init__(self, store: Store, device: str | None = None, model: Model | None = None):
+    def __init__(
+        self,
+        store: Store,
+        device: str | None = None,
+        model: Model | None = None,
+        bank: CaptionBank | None = None,
+    ):
         self.store = store
         self.device = device
-        self._model = model
-        self._bank: CaptionBank | None = None
-        self._vectors: dict = {}  # per-method search indexes and the caption mean, until changes
         self.meta = store.meta()
         if "model" not in self.meta:
             raise ImgsearchError(f"{store.name} is not a complete imgsearch index")
         here = store.path.parent if store.path is not None else Path.cwd()  # see _stored_root
         self.root = (here / self.meta["root"]).resolve()
+        self.embedding = indexer.Embedding(
+            self.model_name, self.settings, store, device, model, bank
+        )
+        self.derived = Derived(store)
+        self.scoring = scoring.Context(
+            lambda: self.embedding.bank,
+            self.settings,
+            self.hybrid_alpha,
+            lambda: self.derived.means(self.bank.vectors.shape[1]),
+        )
+        self.vectors = Vectors(store, self.derived, self.scoring, self.meta)
 
     # --- opening ------------------------------------------------------------
 
@@ -111,7 +120,7 @@ class Index:
         """Open an existing index (``db``, or the one found from the current folder)."""
         path = _db_target(db) if db else find_db()
         index = cls(Store.open(path), device)
-        index._check_model(model)
+        _check_model(index, model)
         return index
 
     @classmethod
@@ -131,44 +140,17 @@ class Index:
             raise ImgsearchError(f"{root}: no such folder")
         path = _db_target(db) if db else default_db(root_path)
         store = Store.open(path, create=True)
-        meta = store.meta()
-        if "model" in meta:
+        if "model" in store.meta():
             index = cls(store, device)
-            index._check_model(model)
-            index._check_bank(captions)
+            _check_model(index, model)
+            _check_bank(index, captions)
             if index.root != root_path:
                 if say:
                     say(f"index root moves from {index.root} to {root_path}")
                 index._set_root(root_path)
             return index
-        settings = config.CAPTION_SETTINGS
-        if top_n is not None:
-            if top_n < 1:
-                raise ImgsearchError("--top-n must be at least 1")
-            settings = dataclasses.replace(settings, top_n=top_n)
-        from imgsearch.models import load_model, pick_device
-
-        loaded = load_model(model, pick_device(device), say)
-        bank_name, texts = read_bank(captions)
-        bank = CaptionBank.embed(loaded, texts)
-        store.save_bank(
-            texts,
-            bank.vectors,
-            {
-                "model": loaded.name,
-                "captions": bank_name,
-                "captions_digest": bank_digest(texts),
-                "caption_settings": settings.to_json(),
-                "hybrid_alpha": str(config.HYBRID_ALPHA),
-                "root": _stored_root(store, root_path),
-                "created": str(time.time()),
-                **{f"tau.{m}": str(config.default_tau(loaded.name, m)) for m in config.METHODS},
-                "tau.graph": str(config.default_graph_tau(loaded.name)),
-            },
-        )
-        index = cls(store, device, loaded)
-        index._bank = bank
-        return index
+        loaded, bank = _new_index(store, root_path, model, captions, top_n, device, say)
+        return cls(store, device, loaded, bank)
 
     def close(self) -> None:
         self.store.close()
@@ -178,27 +160,6 @@ class Index:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _check_model(self, requested: str | None) -> None:
-        if requested is None:
-            return
-        from imgsearch.models import model_id
-
-        if model_id(requested) != self.model_name:
-            raise ImgsearchError(
-                f"this index was made with model {self.model_name!r}, not {requested!r}; "
-                "use another --db for a different model"
-            )
-
-    def _check_bank(self, captions: str | os.PathLike | None) -> None:
-        if captions is None:
-            return
-        _, texts = read_bank(captions)
-        if bank_digest(texts) != self.meta.get("captions_digest"):
-            raise ImgsearchError(
-                f"this index was made with the caption bank {self.meta['captions']!r}; "
-                "use another --db for a different bank"
-            )
 
     def _set_root(self, root: Path) -> None:
         stored = _stored_root(self.store, root)
@@ -224,28 +185,23 @@ class Index:
     def hybrid_alpha(self) -> float:
         return float(self.meta.get("hybrid_alpha", config.HYBRID_ALPHA))
 
-    def tau(self, method: str = config.DEFAULT_METHOD) -> float:
-        """The decision threshold recorded for ``method`` when this index was made."""
-        _check_method(method)
-        if method == "caption" and self.settings.center_collection and not self.store.count():
-            return config.TAU_UNCENTERED[config.model_family(self.model_name)]
-        return float(self.meta.get(f"tau.{method}", config.default_tau(self.model_name, method)))
-
     @property
     def model(self) -> Model:
         """The index's model, loaded on first use (a no-change re-index never needs it)."""
-        if self._model is None:
-            from imgsearch.models import load_model, pick_device
-
-            self._model = load_model(self.model_name, pick_device(self.device))
-        return self._model
+        return self.embedding.model
 
     @property
     def bank(self) -> CaptionBank:
-        if self._bank is None:
-            texts, vectors = self.store.load_bank()
-            self._bank = CaptionBank(texts, vectors)
-        return self._bank
+        return self.embedding.bank
+
+    def tau(self, method: str = config.DEFAULT_METHOD) -> float:
+        """The decision threshold recorded for ``method`` when this index was made."""
+        scorer = scoring.get(method)
+        empty = not self.store.count()
+        return scorer.threshold(self.scoring, self.meta, family(self.model_name), empty)
+
+    def graph_tau(self) -> float:
+        return float(self.meta.get("tau.graph", config.GRAPH_TAU[family(self.model_name)]))
 
     # --- indexing -----------------------------------------------------------
 
@@ -254,7 +210,7 @@ class Index:
         batch_size: int = config.BATCH_SIZE,
         workers: int | None = None,
         progress: bool = False,
-        on_skip: Callable[[Skipped], None] | None = None,
+        on_skip: Callable[[indexer.Skipped], None] | None = None,
         files: Iterable[str | os.PathLike] | None = None,
         ray: str | None = None,
         ray_workers: int | None = None,
@@ -267,82 +223,18 @@ class Index:
         this machine belongs to, else a local one) with ``ray_workers`` model workers
         (default: one per GPU, else one); the stored results are the same.
         """
-        if batch_size < 1:
-            raise ImgsearchError("--batch-size must be at least 1")
-        if workers is not None and workers < 1:
-            raise ImgsearchError("--workers must be at least 1")
-        if ray is not None:
-            from imgsearch.distributed import require_ray
-
-            require_ray()  # before anything changes
-            if workers is not None:
-                raise ImgsearchError("--workers sets decode threads; with --ray use --ray-workers")
+        runner = _runner(self.root, self.embedding, batch_size, workers, ray, ray_workers)
         start = time.perf_counter()
         if not self.root.is_dir():
             raise ImgsearchError(f"the indexed folder {self.root} is missing")
-        only = None if files is None else self._listed(files)
+        only = None if files is None else _listed(self.root, files)
         with self.store.writer():
-            todo = plan(self.root, self.store, only)
-            summary = IndexSummary(unchanged=todo.unchanged, moved=todo.moved)
-            summary.skipped.extend(todo.known_bad)
-            missing = [Skipped(p, "listed, but no image file is there") for p in todo.absent]
-            for skip in missing:
-                summary.skipped.append(skip)
-                if on_skip is not None:
-                    on_skip(skip)
-            self.store.update_files(todo.relocate)
-            summary.removed = self.store.remove_ids(todo.remove)
-            if todo.embed and ray is not None:
-                from imgsearch.distributed import embed_files_ray
-
-                stored, skipped = embed_files_ray(
-                    ray,
-                    self.root,
-                    todo.embed,
-                    self.model_name,
-                    self._model.preprocess if self._model else lambda: self.model.preprocess,
-                    self.bank,
-                    self.settings,
-                    self.store,
-                    batch_size=batch_size,
-                    workers=ray_workers,
-                    device=self.device,
-                    on_skip=on_skip,
-                    progress=progress,
-                )
-            elif todo.embed:
-                stored, skipped = embed_files(
-                    self.root,
-                    todo.embed,
-                    self.model,
-                    self.bank,
-                    self.settings,
-                    self.store,
-                    batch_size=batch_size,
-                    workers=workers,
-                    on_skip=on_skip,
-                    progress=progress,
-                )
-            if todo.embed:
-                summary.skipped.extend(skipped)
-                updated = sum(1 for f in todo.embed if f.path in todo.changed)
-                bad_changed = sum(1 for s in skipped if s.path in todo.changed)
-                summary.updated = updated - bad_changed
-                summary.added = stored - summary.updated
-                # A changed file that no longer decodes keeps no stale vectors.
-                stale = [p for p in (s.path for s in skipped) if p in todo.changed]
-                states = self.store.file_states()
-                self.store.remove_ids(states[p].id for p in stale if p in states)
-                summary.removed += len(stale)
-            keep = {s.path for s in summary.skipped} - set(todo.absent)
-            if only is not None:  # failures of files not listed are not this run's to forget
-                keep.update(p for p in self.store.skipped_files() if p not in only)
-            self.store.forget_skipped(keep)
-        self._vectors.clear()
+            summary = indexer.update(self.root, self.store, runner, only, on_skip, progress)
+        self.derived.clear()
         if (summary.added or summary.updated or summary.moved or summary.removed) and (
             self.store.count()
         ):
-            self._vector_index(config.DEFAULT_METHOD)  # built now, so the first query is quick
+            self.vectors.index(config.DEFAULT_METHOD)  # built now, so the first query is quick
         summary.seconds = time.perf_counter() - start
         return summary
 
@@ -355,7 +247,7 @@ class Index:
             removed = self.store.remove_ids(self.store.ids_under(relative))
         if not removed:
             raise ImgsearchError(f"{path} is not in the index")
-        self._vectors.clear()
+        self.derived.clear()
         return removed
 
     # --- reading ------------------------------------------------------------
@@ -370,7 +262,7 @@ class Index:
             top_n=self.top_n,
             images=self.store.count(),
             size_bytes=self.store.size_on_disk(),
-            tau={m: self.tau(m) for m in config.METHODS},
+            tau={m: self.tau(m) for m in scoring.names()},
         )
 
     def captions(self, image: ImageInput) -> list[Caption]:
@@ -386,17 +278,14 @@ class Index:
         method: str = config.DEFAULT_METHOD,
     ) -> list[Hit]:
         """Rank the collection by similarity to one image (or the average of several)."""
-        _check_method(method, config.VECTOR_METHODS)
+        scorer = scoring.get(method, ranking=True)
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
         if not images:
             raise ImgsearchError("no query image given")
         described = [self.describe(image) for image in images]
-        vector = np.mean([self._method_vector(d, method) for d in described], axis=0)
-        exclude: set[int] = set()
-        for d in described:
-            if d.indexed_id is not None:
-                exclude.add(d.indexed_id)
+        vector = np.mean([scorer.vector(self.scoring, d) for d in described], axis=0)
+        exclude = {d.indexed_id for d in described if d.indexed_id is not None}
         query_captions = [c for d in described for c in d.caption_ids]
         return self._rank(vector, k, under, exclude, query_captions if explain else None, method)
 
@@ -411,7 +300,7 @@ class Index:
         if not text.strip():
             raise ImgsearchError("the query text is empty")
         text_vector = self.model.encode_texts([text])[0]
-        vector = centered(text_vector, self.caption_mean())
+        vector = scoring.get("caption").text(self.scoring, text_vector)
         query_captions = None
         if explain:
             _, ids = self.bank.top(text_vector, self.top_n)
@@ -422,117 +311,43 @@ class Index:
         self,
         a: ImageInput,
         b: ImageInput,
-        methods: Sequence[str] = config.METHODS,
+        methods: Sequence[str] | None = None,
         tau: float | None = None,
     ) -> Comparison:
         """One pair under every scoring method, the verdict at each method's tau, and the
         captions the two images share. ``tau`` overrides the default method's threshold."""
-        for method in methods:
-            _check_method(method)
-        first, second = self.describe(a), self.describe(b)
-        scores: dict[str, float] = {}
-        for method in methods:
-            if method in config.PIXEL_METHODS:
-                from imgsearch import baselines
-
-                measure = getattr(baselines, method)
-                scores[method] = float(measure(first.image(), second.image()))
-            else:
-                va = self._method_vector(first, method)
-                vb = self._method_vector(second, method)
-                scores[method] = float(va @ vb)
+        methods = scoring.names() if methods is None else methods
         taus = {m: self.tau(m) for m in methods}
         if tau is not None and config.DEFAULT_METHOD in taus:
             taus[config.DEFAULT_METHOD] = tau
-        texts = self.bank.texts
-        theirs = set(second.caption_ids)
-        shared_ids = [c for c in first.caption_ids if c in theirs]
-        return Comparison(
-            a=first.label,
-            b=second.label,
-            scores=scores,
-            tau=taus,
-            similar={m: scores[m] >= taus[m] for m in methods},
-            shared=[texts[c] for c in shared_ids],
-            captions_a=first.captions(texts),
-            captions_b=second.captions(texts),
-        )
+        return scoring.compare(self.scoring, self.describe(a), self.describe(b), taus)
 
     def evaluate(
         self,
         labels: dict[str, str],
         pairs: list[tuple[str, str, bool]] | None = None,
-        methods: Sequence[str] = config.METHODS,
+        methods: Sequence[str] | None = None,
         tau: float | None = None,
     ) -> Evaluation:
-        """Leave-one-out retrieval and pair decisions over the labeled images, per method."""
-        from imgsearch.evaluate import evaluate_index
-
-        return evaluate_index(self, labels, pairs, methods, tau)
+        """Leave-one-out retrieval and pair decisions over the labeled images, per method.
+        ``tau`` overrides the default method's threshold."""
+        return self._collection().evaluate(labels, pairs, methods, tau)
 
     def method_vectors(self, method: str) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Every image's (id, path, vector) for a vector method: inner products are its scores."""
-        _check_method(method, config.VECTOR_METHODS)
-        column = "image_vector" if method == "image" else "caption_vector"
-        ids, paths, stored = self.store.vectors(column)
-        if not len(ids):
-            raise ImgsearchError(f"the index at {self.store.name} has no images yet")
-        hybrid_images = lambda: self.store.vectors("image_vector")[2]  # noqa: E731
-        return ids, paths, self._from_stored(method, ids, stored, hybrid_images)
-
-    def _method_chunks(self, method: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``method_vectors`` a page of images at a time, ids and vectors without paths: for
-        a search index over a collection too large to hold in memory."""
-        columns = {"image": ["image_vector"], "hybrid": ["caption_vector", "image_vector"]}
-        for ids, stored in self.store.vector_chunks(columns.get(method, ["caption_vector"])):
-            yield ids, self._from_stored(method, ids, stored[0], lambda s=stored: s[-1])
-
-    def _from_stored(
-        self,
-        method: str,
-        ids: np.ndarray,
-        stored: np.ndarray,
-        images: Callable[[], np.ndarray],
-    ) -> np.ndarray:
-        """A method's vectors from the stored column it starts from (image vectors for
-        'image', caption vectors otherwise); ``images`` gives the ones the hybrid adds."""
-        if method == "image":
-            return stored
-        if method == "caption_avg":
-            caption_ids, caption_scores = self.store.caption_lists(ids)
-            return self.bank.combine(caption_ids, caption_scores, PAPER)
-        captions = centered(stored, self.caption_mean())
-        if method == "caption":
-            return captions
-        return hybrid_vectors(captions, centered(images(), self.image_mean()), self.hybrid_alpha)
-
-    def graph_tau(self) -> float:
-        return float(self.meta.get("tau.graph", config.default_graph_tau(self.model_name)))
-
-    def caption_mean(self) -> np.ndarray | None:
-        """The collection's mean caption vector, which caption scores are centred on: None
-        when the index's settings don't centre; zero while it has no images (the score is
-        then the plain cosine, judged by its own tau)."""
-        if not self.settings.center_collection:
-            return None
-        return self._means()["caption"]
-
-    def image_mean(self) -> np.ndarray:
-        """The collection's mean image vector: the hybrid centres its image half on it too."""
-        return self._means()["image"]
-
-    def _method_vector(self, d: Description, method: str) -> np.ndarray:
-        caption = centered(d.caption_vector, self.caption_mean())
-        if method == "caption":
-            return caption
-        if method == "image":
-            return d.image_vector
-        if method == "hybrid":
-            image = centered(d.image_vector, self.image_mean())
-            return hybrid_vectors(caption, image, self.hybrid_alpha)
-        return self.bank.combine(np.array(d.caption_ids), np.array(d.caption_scores), PAPER)[0]
+        return self.vectors.of(method)
 
     # --- relations between images -------------------------------------------
+
+    def _collection(self) -> Collection:
+        return Collection(
+            self.root,
+            self.store,
+            self.vectors,
+            self.tau,
+            self.graph_tau(),
+            self.duplicate_threshold(),
+        )
 
     def graph(
         self,
@@ -549,19 +364,7 @@ class Index:
         With ``method`` and no ``tau``, that method's recorded tau applies.
         ``k=None`` keeps every pair at or above tau.
         """
-        if k is not None and k < 1:
-            raise ImgsearchError("--k must be at least 1")
-        if method is None:
-            method = config.GRAPH_METHOD
-            if tau is None:
-                tau = self.graph_tau()
-        _check_method(method, config.VECTOR_METHODS)
-        tau = self.tau(method) if tau is None else tau
-        ids, paths, vectors = self.method_vectors(method)
-        edges = relations.graph_edges(vectors, tau, k, mutual and k is not None)
-        groups = relations.components(len(ids), edges)
-        nodes = [str(self.root / p) for p in paths]
-        return Graph(nodes, edges, groups, method, tau, k, mutual, ids)
+        return self._collection().graph(tau, method, k, mutual)
 
     def clusters(
         self,
@@ -575,59 +378,21 @@ class Index:
         ``tau``: the connected components of the relationship graph at tau (see ``graph``;
         an image with no edge is a cluster of one). Every image is in exactly one cluster.
         """
-        if k is not None and tau is not None:
-            raise ImgsearchError("give --k or --tau, not both")
-        _check_method(method, config.VECTOR_METHODS)
-        if tau is not None:
-            graph = self.graph(tau=tau, method=method)
-            groups, ids = graph.groups, graph.ids
-        else:
-            k = config.CLUSTERS_K if k is None else k
-            if k < 1:
-                raise ImgsearchError("--k must be at least 1")
-            ids, _, vectors = self.method_vectors(method)
-            groups = relations.kmeans_clusters(vectors, k)
-        caption_ids, caption_scores = self.store.caption_lists(ids)
-        named = relations.name_clusters(
-            groups, caption_ids.tolist(), self.bank.texts, member_scores=caption_scores.tolist()
-        )
-        paths = self.store.paths(ids)
-        return [
-            Cluster(c.name, c.captions, [str(self.root / paths[int(ids[m])]) for m in c.members])
-            for c in named
-        ]
+        return self._collection().clusters(k, tau, method)
+
+    def duplicate_threshold(self) -> float:
+        """The image-vector cosine at or above which two photos count as copies."""
+        return config.DUPLICATE_THRESHOLD[family(self.model_name)]
 
     def duplicates(self, threshold: float | None = None) -> list[Duplicates]:
         """Near-duplicate groups (resized, re-encoded, cropped, mirrored copies) by image
         vectors, the one to keep (most pixels) first. Nothing on disk is touched."""
-        if threshold is None:
-            threshold = config.duplicate_threshold(self.model_name)
-        ids, paths, vectors = self.store.vectors("image_vector")
-        sizes = self.store.sizes(ids)
-        found = relations.duplicate_groups(vectors, threshold, sizes)
-        return [
-            Duplicates(
-                str(self.root / paths[g.keep]),
-                [str(self.root / paths[o]) for o in g.others],
-                g.score,
-            )
-            for g in found
-        ]
+        return self._collection().duplicates(threshold)
 
     def move_duplicates(self, groups: list[Duplicates], folder: str | os.PathLike) -> list[Moved]:
         """Move every group's ``others`` into ``folder`` (keeping their relative paths),
         never overwriting a file, then bring the index up to date (moves need no model)."""
-        target = Path(folder).expanduser().resolve()
-        moved = []
-        for group in groups:
-            for other in group.others:
-                source = Path(other)
-                if not source.is_file():
-                    continue
-                destination = _free_path(target / source.relative_to(self.root))
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(source, destination)
-                moved.append(Moved(str(source), str(destination)))
+        moved = self._collection().move_duplicates(groups, folder)
         if moved:
             self.add()
         return moved
@@ -643,78 +408,29 @@ class Index:
     ) -> list[SetHit]:
         """Rank the other items (sub-folders of the root, one per item) by how well their
         images match the ``query`` item's, as sets: unordered, of any sizes."""
-        _check_method(score, config.VECTOR_METHODS)
-        if method not in (*relations.SET_METHODS, "mean"):
-            raise ImgsearchError(
-                f"unknown set method {method!r}: use {', '.join(relations.SET_METHODS)} or mean"
-            )
-        if k < 1:
-            raise ImgsearchError("-k must be at least 1")
-        item = self._relative(Path(query))
-        if item is None or not Path(query).is_dir() or "/" in item or not item:
-            raise ImgsearchError(f"{query} is not a folder directly inside {self.root}")
-        ids, paths, vectors = self.method_vectors(score)
-        items: dict[str, list[int]] = {}
-        for row, path in enumerate(paths):
-            if "/" in path:
-                items.setdefault(path.split("/", 1)[0], []).append(row)
-        if item not in items:
-            raise ImgsearchError(f"no indexed images in {query}")
-        mine = vectors[items.pop(item)]
-        hits = []
-        for name, rows in items.items():
-            theirs = vectors[rows]
-            try:
-                if method == "mean":
-                    value = relations.mean_set_similarity(mine, theirs)
-                else:
-                    value = relations.set_similarity(mine @ theirs.T, method, min_pair, top_m).score
-            except ValueError as exc:
-                raise ImgsearchError(f"{name}: {exc}") from None
-            hits.append(SetHit(str(self.root / name), float(value)))
-        hits.sort(key=lambda h: -h.score)
-        return hits[:k]
+        return self._collection().sets(query, k, method, min_pair, top_m, score)
 
     # --- for viewers: the web UI, HTML reports, the map -----------------------
 
     def refresh(self) -> bool:
         """Forget what this object caches when another process changed the index since the
         last call: a long-lived reader (``imgsearch serve``) calls it before each request."""
-        current = self.store.generation()
-        changed = self._vectors.get("generation", current) != current
-        if changed:
-            self._vectors.clear()
-        self._vectors["generation"] = current
-        return changed
+        return self.derived.refresh()
 
     def image_file(self, image: int | str | os.PathLike) -> IndexedFile | None:
         """An indexed image by id or path; None for anything not in the index, or no longer
         a regular file inside the indexed folder. The web UI serves only files found here."""
-        if "files" not in self._vectors:
-            files = self.store.file_states()
-            self._vectors["files"] = files
-            self._vectors["file_ids"] = {state.id: path for path, state in files.items()}
         if isinstance(image, (int, np.integer)):
-            relative = self._vectors["file_ids"].get(int(image))
-        else:
-            relative = self._relative(Path(image), must_exist=False)
-        state = self._vectors["files"].get(relative) if relative is not None else None
-        if state is None:
-            return None
-        path = self.root / relative
-        try:
-            if not (path.is_file() and path.resolve(strict=True).is_relative_to(self.root)):
-                return None
-        except OSError:
-            return None
-        return IndexedFile(state.id, path, state.hash, state.size, state.mtime_ns)
+            return self.derived.indexed_file(self.root, int(image))
+        relative = self._relative(Path(image), must_exist=False)
+        return self.derived.indexed_file(self.root, relative) if relative is not None else None
 
     def thumbnail(
         self, image: int | str | os.PathLike, size: int = config.THUMBNAIL_SIZE
     ) -> bytes | None:
         """A JPEG of an indexed image, longest side ``size``, cached in the user cache folder
         by content hash and size; None when it is not in the index or no longer decodes."""
-        from imgsearch.report import cached_thumbnail
+        from imgsearch.thumbnails import cached_thumbnail
 
         found = self.image_file(image)
         return cached_thumbnail(found, size) if found is not None else None
@@ -725,17 +441,28 @@ class Index:
         """The collection in two dimensions (t-SNE; PCA for large collections or on request),
         each image with its k-means cluster (``k`` clusters, by default fewer for a small
         collection: ``config.viewer_clusters``): what ``imgsearch map`` draws."""
-        from imgsearch.report import project
+        return self._collection().layout(projection, k, method)
 
-        ids, paths, vectors = self.method_vectors(method)
-        xy, used = project(vectors, projection)
-        k = config.viewer_clusters(len(ids)) if k is None else k
-        clusters = self.clusters(k=k, method=method)
-        row = {str(self.root / p): n for n, p in enumerate(paths)}
-        labels = np.zeros(len(ids), dtype=np.int64)
-        for number, cluster in enumerate(clusters):
-            labels[[row[m] for m in cluster.members]] = number
-        return Layout([str(self.root / p) for p in paths], ids, xy, labels, clusters, used)
+    # --- the search index -----------------------------------------------------
+
+    @property
+    def index_memory(self) -> int:
+        """The memory budget of the search index, in bytes: where the flat vectors would
+        exceed it, the compressed kind is built (see ``set_index_memory``)."""
+        return self.vectors.memory
+
+    def set_index_memory(self, size: int | str) -> int:
+        """Record a new memory budget for the search index ("4GB", "512MB" or bytes); later
+        queries build to it, and ``search_index`` rebuilds now. Returns it in bytes."""
+        return self.vectors.set_memory(size)
+
+    def search_index(self, method: str = config.DEFAULT_METHOD) -> VectorIndex:
+        """The method's search index, loaded or (stale, damaged or built to another memory
+        budget) rebuilt and saved: what queries use."""
+        scoring.get(method, ranking=True)
+        if not self.store.count():
+            raise ImgsearchError(f"the index at {self.store.name} has no images yet")
+        return self.vectors.index(method)
 
     def _rank(
         self,
@@ -756,368 +483,137 @@ class Index:
             allowed = self.store.ids_under(relative)
             if not allowed:
                 raise ImgsearchError(f"nothing is indexed under {under}")
-        ranked = self._vector_index(method).search(vector, k, allowed, exclude)
-        paths = self.store.paths(i for i, _ in ranked)
-        hits = [Hit(str(self.root / paths[i]), score, id=int(i)) for i, score in ranked]
-        if query_captions is not None and ranked:
-            order = {c: n for n, c in enumerate(dict.fromkeys(query_captions))}
-            hit_captions = self.store.captions_of(i for i, _ in ranked)
-            for hit, (image_id, _) in zip(hits, ranked):
-                shared = sorted(
-                    {c for c, _ in hit_captions[image_id]} & order.keys(), key=order.__getitem__
-                )
-                hit.shared = [self.bank.texts[c] for c in shared]
-        return hits
+        return self.vectors.rank(vector, method, k, allowed, exclude, self.root, query_captions)
 
-    def _vector_index(self, method: str) -> VectorIndex:
-        """The method's search index: loaded from beside the database when it is current,
-        else built (exact, or IVF for large collections) and saved for the next process."""
-        if method not in self._vectors:
-            # The generation is read before the vectors: a change in between makes the
-            # saved file look stale (rebuilt next time), never current with old contents.
-            stamp = json.dumps(
-                [self.store.generation(), method, self.meta["caption_settings"], self.hybrid_alpha]
-            )
-            path = self._derived_path(f"{method}.vix")
-            memory = self.index_memory
-            try:
-                index = VectorIndex.load(path)
-            except (OSError, ValueError):
-                index = None
-            if index is None or index.stamp != stamp or not index.suits(memory):
-                index = self._build_vector_index(method, stamp, memory, path.parent)
-                with contextlib.suppress(OSError):  # a read-only index still answers
-                    index.save(path)
-            self._vectors[method] = index
-        return self._vectors[method]
-
-    def _build_vector_index(
-        self, method: str, stamp: str, memory: int, folder: Path
-    ) -> VectorIndex:
-        """Exact or IVF from the vectors in memory; where they would exceed the memory
-        budget, the compressed kind, read a page at a time, its vectors file in ``folder``."""
-        count = self.store.count()
-        if not count or not needs_compression(count, self._method_dim(method), memory):
-            ids, _, vectors = self.method_vectors(method)
-            return VectorIndex(ids, vectors, stamp=stamp, memory=memory)
-        return VectorIndex.from_chunks(
-            self._method_chunks(method),
-            memory=memory,
-            stamp=stamp,
-            workdir=folder if os.access(folder, os.W_OK) else None,
-        )
-
-    def _method_dim(self, method: str) -> int:
-        """How many dimensions a method's vectors have, without reading them all."""
-        caption = self.bank.vectors.shape[1]
-        if method in ("caption", "caption_avg"):
-            return caption
-        _, (image,) = next(self.store.vector_chunks(["image_vector"], size=1))
-        return image.shape[1] + (caption if method == "hybrid" else 0)
-
-    @property
-    def index_memory(self) -> int:
-        """The memory budget of the search index, in bytes: where the flat vectors would
-        exceed it, the compressed kind is built (see ``set_index_memory``)."""
-        return int(self.meta.get("index_memory", config.INDEX_MEMORY))
-
-    def set_index_memory(self, size: int | str) -> int:
-        """Record a new memory budget for the search index ("4GB", "512MB" or bytes); later
-        queries build to it, and ``search_index`` rebuilds now. Returns it in bytes."""
-        value = parse_size(size) if isinstance(size, str) else int(size)
-        if value < 1:
-            raise ImgsearchError(f"the index memory must be positive, not {size!r}")
-        if value != self.index_memory:
-            self.store.set_meta({"index_memory": str(value)})
-            self.meta["index_memory"] = str(value)
-            self._vectors.clear()
-        return value
-
-    def search_index(self, method: str = config.DEFAULT_METHOD) -> VectorIndex:
-        """The method's search index, loaded or (stale, damaged or built to another memory
-        budget) rebuilt and saved: what queries use."""
-        _check_method(method, config.VECTOR_METHODS)
-        if not self.store.count():
-            raise ImgsearchError(f"the index at {self.store.name} has no images yet")
-        return self._vector_index(method)
-
-    def _derived_path(self, name: str) -> Path:
-        """Where a file made from the database is kept: beside a SQLite file; for a URL, in
-        the cache folder, one subfolder per database (a hash of the URL, password masked),
-        so every machine keeps its own copy, stamped with the generation like any other."""
-        if self.store.path is not None:
-            return self.store.path.with_name(f"{self.store.path.name}.{name}")
-        key = hashlib.sha256(self.store.name.encode()).hexdigest()[:16]
-        folder = config.cache_dir() / "databases" / key
-        with contextlib.suppress(OSError):  # unwritable: the file is simply not kept
-            folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"index.{name}"
-
-    def _means(self) -> dict[str, np.ndarray]:
-        """The collection's mean caption and image vectors, kept beside the database like
-        the search indexes, so a query never has to read every vector."""
-        if "means" not in self._vectors:
-            stamp = self.store.generation()
-            path = self._derived_path("means.npz")
-            means = None
-            try:
-                with np.load(path) as saved:
-                    if str(saved["stamp"]) == stamp:
-                        means = {"caption": saved["caption"], "image": saved["image"]}
-            except (OSError, ValueError, KeyError):
-                pass
-            if means is None:
-                means = {}
-                for name in ("caption", "image"):
-                    # A page at a time, summed row by row: numpy's own order for a column
-                    # mean, so the same float32 result without holding every vector.
-                    total, count = None, 0
-                    for ids, (stored,) in self.store.vector_chunks([f"{name}_vector"]):
-                        rows = stored if total is None else np.vstack([total[None], stored])
-                        total, count = np.add.reduce(rows, axis=0), count + len(ids)
-                    dim = len(self.bank.vectors[0]) if name == "caption" else 1
-                    means[name] = total / np.float32(count) if count else np.zeros(dim)
-                    means[name] = means[name].astype(np.float32)
-                with contextlib.suppress(OSError):
-                    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-                    np.savez(temporary, stamp=np.array(stamp), **means)
-                    os.replace(temporary, path)
-            self._vectors["means"] = means
-        return self._vectors["means"]
+    # --- one image ------------------------------------------------------------
 
     def describe(self, image: ImageInput) -> Description:
         """Everything the scoring methods need of one image.
 
         An indexed, unchanged file is read from the index: no model needed.
         """
-        path = None
-        if not isinstance(image, Image.Image):
-            path = Path(image).expanduser()
-            if not path.exists():
-                raise ImgsearchError(f"{image}: no such file")
-            if path.is_dir():
-                raise ImgsearchError(f"{image} is a folder, not an image")
-            relative = self._relative(path)
-            if relative is not None:
-                record = self.store.get(path=relative)
-                stat = path.stat()
-                if record and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
-                    return Description(
-                        record.caption_ids,
-                        record.caption_scores,
-                        record.caption_vector,
-                        record.image_vector,
-                        str(path.resolve()),
-                        path,
-                        record.id,
-                    )
-            try:
-                image = decode(path).image
-            except BadImage as exc:
-                raise ImgsearchError(f"{image}: {exc}") from None
-        vectors = self.model.encode_images(self.model.preprocess(image)[None])
-        found = self.bank.describe(vectors.text_space, self.settings)
-        return Description(
-            found.ids[0].tolist(),
-            found.scores[0].tolist(),
-            found.vectors[0],
-            vectors.image[0],
-            str(path.resolve()) if path else "<image>",
-            path,
-            None,
-            image,
-        )
-
-    def _listed(self, files: Iterable[str | os.PathLike]) -> set[str]:
-        """Listed files as paths relative to the root; any outside it stops the run."""
-        only: set[str] = set()
-        outside: list[str] = []
-        for entry in files:
-            path = Path(entry).expanduser()
-            relative = self._relative(self.root / path, must_exist=False)
-            if relative:
-                only.add(relative)
-            else:
-                outside.append(str(entry))
-        if outside:
-            raise ImgsearchError(
-                f"{len(outside)} listed file(s) are not inside the indexed folder {self.root}, "
-                f"e.g. {outside[0]}"
-            )
-        return only
+        if isinstance(image, Image.Image):
+            return self.embedding.describe(image)
+        path = Path(image).expanduser()
+        if not path.exists():
+            raise ImgsearchError(f"{image}: no such file")
+        if path.is_dir():
+            raise ImgsearchError(f"{image} is a folder, not an image")
+        return self.embedding.describe_file(path, self._relative(path), image)
 
     def _relative(self, path: Path, must_exist: bool = True) -> str | None:
         """``path`` relative to the root in POSIX form, or None when it lies outside."""
-        if must_exist and not path.exists():
-            return None
-        try:
-            relative = path.expanduser().resolve().relative_to(self.root)
-        except ValueError:
-            return None
-        return "" if relative == Path(".") else relative.as_posix()
+        return relative_path(self.root, path, must_exist)
 
 
-@dataclass
-class Graph:
-    """The relationship graph: nodes (absolute paths), edges (rows into ``nodes``, source
-    < target), and connected components as groups, largest first."""
+def _check_model(index: Index, requested: str | None) -> None:
+    """Refuse a model other than the one the index was made with."""
+    if requested is None:
+        return
+    from imgsearch.models import model_id
 
-    nodes: list[str]
-    edges: list[relations.Edge]
-    groups: list[list[int]]
-    method: str
-    tau: float
-    k: int | None
-    mutual: bool
-    ids: np.ndarray  # database ids, row for row with ``nodes``
-
-    def to_dict(self) -> dict:
-        return {
-            "method": self.method,
-            "tau": self.tau,
-            "k": self.k,
-            "mutual": self.mutual,
-            **relations.graph_dict(self.nodes, self.edges, self.groups),
-        }
+    if model_id(requested) != index.model_name:
+        raise ImgsearchError(
+            f"this index was made with model {index.model_name!r}, not {requested!r}; "
+            "use another --db for a different model"
+        )
 
 
-@dataclass
-class IndexedFile:
-    """An indexed image file: its id in the index, where it is, and its content hash."""
+def _check_bank(index: Index, captions: str | os.PathLike | None) -> None:
+    """Refuse a caption bank other than the one the index was made with."""
+    if captions is None:
+        return
+    from imgsearch.captions import read_bank
 
-    id: int
-    path: Path
-    hash: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass
-class Layout:
-    """The collection in two dimensions: ``xy`` (n, 2) in [0, 1], row for row with ``paths``
-    and ``ids``; ``cluster`` indexes ``clusters``; ``projection`` is 'tsne' or 'pca'."""
-
-    paths: list[str]
-    ids: np.ndarray
-    xy: np.ndarray
-    cluster: np.ndarray
-    clusters: list[Cluster]
-    projection: str
+    _, texts = read_bank(captions)
+    if bank_digest(texts) != index.meta.get("captions_digest"):
+        raise ImgsearchError(
+            f"this index was made with the caption bank {index.meta['captions']!r}; "
+            "use another --db for a different bank"
+        )
 
 
-@dataclass
-class Cluster:
-    """A named group of images: ``name`` from its most shared ``captions``."""
+def _new_index(
+    store: Store,
+    root: Path,
+    model: str | None,
+    captions: str | os.PathLike | None,
+    top_n: int | None,
+    device: str | None,
+    say: Callable[[str], None] | None,
+) -> tuple[Model, CaptionBank]:
+    """Load the model, embed the caption bank and record what a new index is made with:
+    its model, bank, caption settings, root and the thresholds in force."""
+    settings = DEFAULT_SETTINGS
+    if top_n is not None:
+        if top_n < 1:
+            raise ImgsearchError("--top-n must be at least 1")
+        settings = dataclasses.replace(settings, top_n=top_n)
+    from imgsearch.models import load_model, pick_device
 
-    name: str
-    captions: list[str]
-    members: list[str]
-
-
-@dataclass
-class Duplicates:
-    """Copies of one photo: ``keep`` (the most pixels) and the ``others``; ``score`` is the
-    lowest image cosine between ``keep`` and an other."""
-
-    keep: str
-    others: list[str]
-    score: float
-
-
-@dataclass
-class Moved:
-    source: str
-    destination: str
-
-
-@dataclass
-class SetHit:
-    """An item (a folder of images) and its set similarity to the query item."""
-
-    item: str
-    score: float
-
-
-@dataclass
-class Description:
-    """One image as the scoring methods see it."""
-
-    caption_ids: list[int]
-    caption_scores: list[float]
-    caption_vector: np.ndarray
-    image_vector: np.ndarray
-    label: str  # its absolute path, or "<image>"
-    path: Path | None = None
-    indexed_id: int | None = None
-    pixels: Image.Image | None = None
-
-    def captions(self, texts: list[str]) -> list[Caption]:
-        return [Caption(texts[i], float(s)) for i, s in zip(self.caption_ids, self.caption_scores)]
-
-    def image(self) -> Image.Image:
-        """The decoded image, for the pixel-based baselines."""
-        if self.pixels is None:
-            assert self.path is not None
-            try:
-                self.pixels = decode(self.path).image
-            except BadImage as exc:
-                raise ImgsearchError(f"{self.path}: {exc}") from None
-        return self.pixels
+    loaded = load_model(model, pick_device(device), say)
+    bank_name, bank = indexer.new_bank(loaded, captions)
+    kind = family(loaded.name)
+    taus = {f"tau.{m}": str(scoring.get(m).tau[kind]) for m in scoring.names()}
+    store.save_bank(
+        bank.texts,
+        bank.vectors,
+        {
+            "model": loaded.name,
+            "captions": bank_name,
+            "captions_digest": bank_digest(bank.texts),
+            "caption_settings": settings.to_json(),
+            "hybrid_alpha": str(config.HYBRID_ALPHA),
+            "root": _stored_root(store, root),
+            "created": str(time.time()),
+            **taus,
+            "tau.graph": str(config.GRAPH_TAU[kind]),
+        },
+    )
+    return loaded, bank
 
 
-@dataclass
-class Comparison:
-    """``imgsearch compare``: one pair under every method."""
+def _runner(
+    root: Path,
+    embedding: indexer.Embedding,
+    batch_size: int,
+    workers: int | None,
+    ray: str | None,
+    ray_workers: int | None,
+) -> indexer.Runner:
+    """How an indexing run embeds its files: in this process, or on a Ray cluster."""
+    if batch_size < 1:
+        raise ImgsearchError("--batch-size must be at least 1")
+    if workers is not None and workers < 1:
+        raise ImgsearchError("--workers must be at least 1")
+    if ray is not None:
+        from imgsearch import distributed
 
-    a: str
-    b: str
-    scores: dict[str, float]
-    tau: dict[str, float]
-    similar: dict[str, bool]
-    shared: list[str]
-    captions_a: list[Caption]
-    captions_b: list[Caption]
-
-    def to_dict(self) -> dict:
-        return {
-            "a": self.a,
-            "b": self.b,
-            "methods": {
-                m: {"score": round(s, 6), "tau": self.tau[m], "similar": self.similar[m]}
-                for m, s in self.scores.items()
-            },
-            "shared": self.shared,
-            "captions_a": [asdict(c) for c in self.captions_a],
-            "captions_b": [asdict(c) for c in self.captions_b],
-        }
+        distributed.require_ray()  # before anything changes
+        if workers is not None:
+            raise ImgsearchError("--workers sets decode threads; with --ray use --ray-workers")
+        return distributed.ray_runner(
+            ray, root, embedding, batch_size, ray_workers, embedding.device
+        )
+    return indexer.local_runner(root, embedding, batch_size, workers)
 
 
-def hybrid_vectors(captions: np.ndarray, images: np.ndarray, alpha: float) -> np.ndarray:
-    """Rows whose inner products are alpha * caption score + (1 - alpha) * image score."""
-    parts = [np.sqrt(alpha) * captions, np.sqrt(1 - alpha) * images]
-    return np.concatenate(parts, axis=-1).astype(np.float32)
-
-
-def _free_path(path: Path) -> Path:
-    """``path``, or ``name-1.ext``, ``name-2.ext``... when it is taken: never overwrite."""
-    candidate, number = path, 0
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
-    return candidate
-
-
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from "4GB", "512MB", "1.5G", "64KiB" or a plain count. Units are binary
-    (1 GB = 2^30 bytes), as memory is counted; a bad value is one clear error."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", text, re.I)
-    value = float(match[1]) * _SIZE_UNITS[match[2].lower()] if match else 0
-    if not match or value < 1 or (not match[2] and not value.is_integer()):
-        raise ImgsearchError(f"bad memory size {text!r}: give a positive size such as 4GB or 512MB")
-    return int(value)
+def _listed(root: Path, files: Iterable[str | os.PathLike]) -> set[str]:
+    """Listed files as paths relative to the root; any outside it stops the run."""
+    only: set[str] = set()
+    outside: list[str] = []
+    for entry in files:
+        relative = relative_path(root, root / Path(entry).expanduser(), must_exist=False)
+        if relative:
+            only.add(relative)
+        else:
+            outside.append(str(entry))
+    if outside:
+        raise ImgsearchError(
+            f"{len(outside)} listed file(s) are not inside the indexed folder {root}, "
+            f"e.g. {outside[0]}"
+        )
+    return only
 
 
 def _db_target(db: str | os.PathLike) -> str | Path:
@@ -1133,40 +629,13 @@ def _stored_root(store: Store, root: Path) -> str:
     return os.path.relpath(root, store.path.parent.resolve())
 
 
-def _check_method(method: str, allowed: Sequence[str] = config.METHODS) -> None:
-    if method not in allowed:
-        raise ImgsearchError(f"unknown method {method!r}: use one of {', '.join(allowed)}")
-
-
-def evaluate_folder(
-    folder: str | os.PathLike,
-    db: str | os.PathLike | None = None,
-    model: str | None = None,
-    device: str | None = None,
-    methods: Sequence[str] = config.METHODS,
-    tau: float | None = None,
-    say: Callable[[str], None] | None = None,
-    progress: bool = False,
-    captions: str | os.PathLike | None = None,
-) -> Evaluation:
-    """Index a labeled folder (incrementally), then measure every scoring method on it."""
-    labels = read_labels(Path(folder))
-    pairs = read_pairs(Path(folder))
-    with Index.create(folder, db, model, captions, device=device, say=say) as index:
-        index.add(
-            progress=progress,
-            on_skip=(lambda s: say(f"skipped {s.path}: {s.reason}")) if say else None,
-        )
-        return index.evaluate(labels, pairs, methods, tau)
-
-
 def compare_images(
     a: ImageInput,
     b: ImageInput,
     db: str | os.PathLike | None = None,
     model: str | None = None,
     device: str | None = None,
-    methods: Sequence[str] = config.METHODS,
+    methods: Sequence[str] | None = None,
     tau: float | None = None,
     say: Callable[[str], None] | None = None,
 ) -> Comparison:

@@ -7,15 +7,11 @@ import json
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
 from imgsearch.errors import ImgsearchError
-
-if TYPE_CHECKING:
-    from imgsearch.models import Model
 
 DEFAULT_BANK = "default"
 
@@ -54,7 +50,7 @@ class CaptionSettings:
 
     The defaults of the fields are the paper's method: the plain mean of the N caption
     vectors, whose inner products are the N x N average cosine. The package's defaults
-    (config.CAPTION_SETTINGS) are the measured best (benchmarks/tune_caption.py): more
+    (DEFAULT_SETTINGS) are the measured best (benchmarks/tune_caption.py): more
     captions weighted by a softmax of their match scores, and the collection's mean
     caption vector taken out before the cosine, so that what every photo shares ("a
     photo of ...", the collection's common subject) stops counting as similarity.
@@ -75,6 +71,11 @@ class CaptionSettings:
 
 
 PAPER = CaptionSettings()
+# What a new index records unless told otherwise: measured best on the development set by
+# benchmarks/tune_caption.py.
+DEFAULT_SETTINGS = CaptionSettings(
+    top_n=20, weighting="softmax", temperature=0.1, center_collection=True
+)
 
 
 @dataclass
@@ -97,12 +98,6 @@ class CaptionBank:
         self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
         self.index = faiss.IndexFlatIP(self.vectors.shape[1])
         self.index.add(self.vectors)
-
-    @classmethod
-    def embed(cls, model: Model, texts: list[str]) -> CaptionBank:
-        from imgsearch.models.base import cached_text_vectors
-
-        return cls(texts, cached_text_vectors(model, texts))
 
     def top(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Each query's n best captions: (scores, ids), both (len(queries), n), best first."""
@@ -140,3 +135,10 @@ def centered(vectors: np.ndarray, mean: np.ndarray | float | None) -> np.ndarray
     shifted = np.asarray(vectors, dtype=np.float32) - mean
     norms = np.linalg.norm(shifted, axis=-1, keepdims=True)
     return (shifted / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def caption_avg(a: np.ndarray, b: np.ndarray) -> float:
+    """The paper's score, literally: the mean cosine over all pairs of the two caption sets."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a @ b.T).mean())

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from imgsearch import config, relations, report
+from imgsearch import config, relations, report, scoring
 from imgsearch.api import Index, parse_size
+from imgsearch.captions import DEFAULT_SETTINGS
 from imgsearch.errors import ImgsearchError
+from imgsearch.projections import PROJECTIONS
 
 # --db: a SQLite file path, or a database URL (anything with '://') kept as text.
 Db = Path | str | None
@@ -75,6 +78,28 @@ def read_list(path: Path) -> list[str]:
     return [s for s in (line.strip() for line in text.splitlines()) if s and s[0] != "#"]
 
 
+# SQLAlchemy logs a connection it failed to close with a full traceback, e.g. when Ctrl-C
+# lands mid-close; the interrupted command already says in one line what happened.
+logging.getLogger("sqlalchemy.pool").addHandler(logging.NullHandler())
+
+
+class MethodChoice(click.Choice):
+    """The scoring methods registered when the command runs (``imgsearch.scoring``), not
+    when this module was imported: a method registered by a program is offered too."""
+
+    def __init__(self, ranking: bool = True):
+        self.ranking = ranking
+        super().__init__([])
+
+    @property
+    def choices(self) -> list[str]:  # type: ignore[override]
+        return scoring.names(self.ranking)
+
+    @choices.setter
+    def choices(self, _value: object) -> None:
+        pass
+
+
 class Group(click.Group):
     """Turns every expected failure into one line on stderr and a non-zero exit."""
 
@@ -118,7 +143,7 @@ def main() -> None:
 @click.option(
     "--top-n",
     type=int,
-    help=f"Captions kept per image, new index only (default: {config.CAPTION_SETTINGS.top_n}).",
+    help=f"Captions kept per image, new index only (default: {DEFAULT_SETTINGS.top_n}).",
 )
 @click.option("--batch-size", type=int, default=config.BATCH_SIZE, show_default=True)
 @click.option("--workers", type=int, help="Decoding threads (default: one per core, at most 32).")
@@ -212,7 +237,7 @@ def index(
 @click.option("--explain", is_flag=True, help="Show the captions each hit shares with the query.")
 @click.option(
     "--method",
-    type=click.Choice(config.VECTOR_METHODS),
+    type=MethodChoice(),
     default=config.DEFAULT_METHOD,
     show_default=True,
     help="Scoring: caption space (tuned), the paper's caption average, image vectors, or a mix.",
@@ -313,20 +338,12 @@ def remove(path: Path, db: Db, as_json: bool) -> None:
 
 methods_option = click.option(
     "--methods",
-    default=",".join(config.METHODS),
-    show_default=True,
-    help="Comma-separated scoring methods to report.",
+    help="Comma-separated scoring methods to report (default: every one).",
 )
 
 
-def parse_methods(text: str) -> list[str]:
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in config.METHODS]
-    if unknown or not methods:
-        raise ImgsearchError(
-            f"unknown method {', '.join(unknown) or '(none)'}: use {', '.join(config.METHODS)}"
-        )
-    return methods
+def parse_methods(text: str | None) -> list[str]:
+    return scoring.names() if text is None else scoring.parse(text)
 
 
 @main.command()
@@ -348,7 +365,7 @@ def evaluate(
     db: Db,
     model: str | None,
     captions: Path | None,
-    methods: str,
+    methods: str | None,
     tau: float | None,
     device: str,
     quiet: bool,
@@ -356,7 +373,7 @@ def evaluate(
 ) -> None:
     """Index FOLDER (labels.csv: path,label; optional pairs.csv: path_a,path_b,same) and report
     retrieval (leave-one-out mAP, P@k) and pair decisions (accuracy, AUC) for every method."""
-    from imgsearch.api import evaluate_folder
+    from imgsearch.evaluate import evaluate_folder
 
     report = evaluate_folder(
         folder,
@@ -389,7 +406,7 @@ def compare(
     b: Path,
     db: Db,
     model: str | None,
-    methods: str,
+    methods: str | None,
     tau: float | None,
     device: str,
     as_json: bool,
@@ -414,7 +431,7 @@ def compare(
 
 method_option = click.option(
     "--method",
-    type=click.Choice(config.VECTOR_METHODS),
+    type=MethodChoice(),
     default=config.DEFAULT_METHOD,
     show_default=True,
     help="Which score relates images.",
@@ -427,7 +444,7 @@ method_option = click.option(
 )
 @click.option(
     "--method",
-    type=click.Choice(config.VECTOR_METHODS),
+    type=MethodChoice(),
     help=f"Which score links images (default: {config.GRAPH_METHOD}).",
 )
 @click.option(
@@ -532,7 +549,7 @@ def duplicates(
     with Index.open(db) as ix:
         groups = ix.duplicates(threshold)
         if html_file is not None:  # before any move: it shows the copies where they were found
-            used = config.duplicate_threshold(ix.model_name) if threshold is None else threshold
+            used = ix.duplicate_threshold() if threshold is None else threshold
             report.save(html_file, report.duplicates_page(ix, groups, used))
             say(f"wrote {html_file}")
         moved = ix.move_duplicates(groups, move_to) if move_to is not None else []
@@ -568,7 +585,7 @@ def duplicates(
 @click.option("--top-m", type=int, help="Average only the best m matches.")
 @click.option(
     "--score",
-    type=click.Choice(config.VECTOR_METHODS),
+    type=MethodChoice(),
     default=config.DEFAULT_METHOD,
     show_default=True,
     help="Which image score the matching uses.",
@@ -644,7 +661,7 @@ def serve(db: Db, host: str, port: int) -> None:
 @click.option(
     "--method",
     "projection",
-    type=click.Choice(report.PROJECTIONS),
+    type=click.Choice(PROJECTIONS),
     default="auto",
     show_default=True,
     help=f"t-SNE, PCA, or auto: t-SNE up to {config.TSNE_MAX_IMAGES} images, PCA above.",
@@ -658,7 +675,7 @@ def serve(db: Db, host: str, port: int) -> None:
 )
 @click.option(
     "--score",
-    type=click.Choice(config.VECTOR_METHODS),
+    type=MethodChoice(),
     default=config.DEFAULT_METHOD,
     show_default=True,
     help="Which vectors are placed and clustered.",
@@ -670,7 +687,7 @@ def map_command(
 ) -> None:
     """Draw the collection in two dimensions, coloured by cluster (t-SNE or PCA)."""
     report.map_format(output)
-    dimensions = report.parse_size(size)
+    dimensions = report.parse_dimensions(size)
     with Index.open(db) as ix:
         layout = ix.layout(projection, k=k, method=score)
         report.save_map(ix, layout, output, dimensions)

@@ -23,7 +23,7 @@ import os
 import socket
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,11 +33,11 @@ import numpy as np
 
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import FileInfo, Pixels, Preprocess, load_pixels
-from imgsearch.indexer import BatchWriter, Loaded, Skipped, embed_batch
+from imgsearch.indexer import BatchWriter, Loaded, Runner, embed_batch
+from imgsearch.models import preprocess_for
 
 if TYPE_CHECKING:
-    from imgsearch.captions import CaptionBank, CaptionSettings
-    from imgsearch.storage import Store
+    from imgsearch.indexer import Embedding
 
 MISSING = "distributed indexing needs Ray: pip install 'imgsearch[ray]'"
 AUTO = "auto"  # a cluster this machine already belongs to, else a new local one
@@ -59,7 +59,7 @@ def require_ray() -> Any:  # noqa: ANN401 - the ray module
 
 
 @dataclass
-class Cluster:
+class RayPlan:
     """What this run may use: model workers, and the resources each one asks Ray for."""
 
     workers: int
@@ -146,7 +146,7 @@ def check_address(address: str, timeout: float = 3.0) -> None:
         raise ImgsearchError(f"cannot reach the Ray cluster at {address}: {reason}") from None
 
 
-def plan_cluster(ray: Any, workers: int | None, device: str | None) -> Cluster:  # noqa: ANN401
+def plan_cluster(ray: Any, workers: int | None, device: str | None) -> RayPlan:  # noqa: ANN401
     """One model worker per GPU where the cluster has GPUs, else one on a CPU; and enough
     CPUs left over for decoding (a CPU model worker holds one CPU)."""
     if workers is not None and workers < 1:
@@ -157,7 +157,7 @@ def plan_cluster(ray: Any, workers: int | None, device: str | None) -> Cluster: 
     if device == "cuda" and not gpus:
         raise ImgsearchError("--device cuda was asked for, but the Ray cluster has no GPU")
     if use_gpus:
-        return Cluster(workers or gpus, True, "cuda")
+        return RayPlan(workers or gpus, True, "cuda")
     workers = workers or 1
     if workers >= cpus:
         raise ImgsearchError(
@@ -165,28 +165,7 @@ def plan_cluster(ray: Any, workers: int | None, device: str | None) -> Cluster: 
             f"CPUs would leave none for decoding; use --ray-workers {max(1, int(cpus) - 1)} "
             "or a larger cluster"
         )
-    return Cluster(workers, False, device if device in ("cpu", "mps") else "cpu")
-
-
-def model_preprocess(model: str) -> Preprocess | None:
-    """The decode side of the model's preprocessing, from its config without its weights:
-    the driver (maybe a machine with no GPU) needs it for the decode tasks, not the model.
-    None when the config is not on this machine."""
-    from imgsearch.models import OFFLINE
-
-    if model == OFFLINE:
-        from imgsearch.models.offline import OfflineModel
-
-        return OfflineModel.preprocess
-    from transformers import CLIPConfig
-
-    from imgsearch.models.clip import _preprocess_for
-
-    try:
-        config = CLIPConfig.from_pretrained(model, local_files_only=True)
-    except (OSError, ValueError):
-        return None
-    return _preprocess_for(model, True, config)
+    return RayPlan(workers, False, device if device in ("cpu", "mps") else "cpu")
 
 
 def _die_if_armed(stage: str) -> None:
@@ -265,75 +244,85 @@ class ModelWorker:
         return out
 
 
-def embed_files_ray(
+def ray_runner(
     address: str,
     root: Path,
-    files: list[FileInfo],
-    model: str,
-    preprocess: Preprocess | Callable[[], Preprocess],
-    bank: CaptionBank,
-    settings: CaptionSettings,
-    store: Store,
+    embedding: Embedding,
     batch_size: int = 32,
     workers: int | None = None,
     device: str | None = None,
-    on_skip: Callable[[Skipped], None] | None = None,
-    progress: bool = False,
-) -> tuple[int, list[Skipped]]:
-    """``embed_files`` on a Ray cluster: the same records, stored here. Returns (stored,
-    skipped). ``preprocess`` may be a function, called only when the model's config cannot
-    be read here (it loads the model on the driver)."""
-    with connected(address) as ray, _quiet_data(ray):
-        cluster = plan_cluster(ray, workers, device)
-        if callable(preprocess) and not isinstance(preprocess, Preprocess):
-            preprocess = model_preprocess(model) or preprocess()
-        rows = [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns} for f in files]
-        # One decode task per block: small ones start the model workers early; at most
-        # MAX_BLOCKS, so 10^7 files do not make 10^6 tasks.
-        blocks = min(math.ceil(len(rows) / DECODE_BATCH), MAX_BLOCKS)
-        data = ray.data.from_items(rows, override_num_blocks=max(1, blocks))
-        # Ray Data retries without limit by default; a file that crashes its decoder every
-        # time would then never let the run end. Ray 2.60 takes these limits only as
-        # ray_remote_args (deprecated, with no named parameter yet): hence the filter.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
-            data = data.map_batches(
-                decode_batch,
-                fn_kwargs={"root": str(root), "preprocess": preprocess},
-                batch_size=DECODE_BATCH,
-                batch_format="numpy",
-                num_cpus=1,
-                max_retries=RETRIES,
+) -> Runner:
+    """Embed on a Ray cluster: the same records as ``indexer.local_runner``, written here
+    by the run's one writer. The model loads on the driver only when its preprocessing
+    cannot be read from its config here."""
+
+    def run(files: list[FileInfo], writer: BatchWriter) -> None:
+        with connected(address) as ray, _quiet_data(ray):
+            plan = plan_cluster(ray, workers, device)
+            preprocess = (
+                embedding.model.preprocess
+                if embedding.loaded
+                else preprocess_for(embedding.model_name) or embedding.model.preprocess
             )
-            data = data.map_batches(
-                ModelWorker,
-                fn_constructor_kwargs={
-                    "model": model,
-                    "device": cluster.device,
-                    "bank": [ray.put((bank.texts, bank.vectors))],
-                    "settings": settings.to_json(),
-                },
-                batch_size=batch_size,
-                batch_format="numpy",
-                # No more model workers than batches: each one loads the model.
-                compute=ray.data.ActorPoolStrategy(
-                    size=min(cluster.workers, math.ceil(len(files) / batch_size))
-                ),
-                num_cpus=1,
-                num_gpus=1 if cluster.gpus else 0,
-                max_restarts=RETRIES,
-                max_task_retries=RETRIES,
-            )
-        writer = BatchWriter(store, len(files), on_skip, progress)
-        try:
-            _store_results(data, writer, batch_size)
-        except (ImgsearchError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001 - what was stored stays; the user gets one line
-            raise ImgsearchError(f"the Ray run failed: {_line(exc)}") from None
-        finally:
-            writer.close()
-    return writer.stored, writer.skipped
+            data = _pipeline(ray, plan, files, root, preprocess, embedding, batch_size)
+            try:
+                _store_results(data, writer, batch_size)
+            except (ImgsearchError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001 - what was stored stays; the user gets one line
+                raise ImgsearchError(f"the Ray run failed: {_line(exc)}") from None
+
+    return run
+
+
+def _pipeline(
+    ray: Any,  # noqa: ANN401 - the ray module
+    plan: RayPlan,
+    files: list[FileInfo],
+    root: Path,
+    preprocess: Preprocess,
+    embedding: Embedding,
+    batch_size: int,
+) -> Any:  # noqa: ANN401 - a Ray dataset
+    """Files -> decode tasks -> model workers, as a lazily run Ray dataset."""
+    bank = embedding.bank
+    rows = [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns} for f in files]
+    # One decode task per block: small ones start the model workers early; at most
+    # MAX_BLOCKS, so 10^7 files do not make 10^6 tasks.
+    blocks = min(math.ceil(len(rows) / DECODE_BATCH), MAX_BLOCKS)
+    data = ray.data.from_items(rows, override_num_blocks=max(1, blocks))
+    # Ray Data retries without limit by default; a file that crashes its decoder every
+    # time would then never let the run end. Ray 2.60 takes these limits only as
+    # ray_remote_args (deprecated, with no named parameter yet): hence the filter.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+        data = data.map_batches(
+            decode_batch,
+            fn_kwargs={"root": str(root), "preprocess": preprocess},
+            batch_size=DECODE_BATCH,
+            batch_format="numpy",
+            num_cpus=1,
+            max_retries=RETRIES,
+        )
+        return data.map_batches(
+            ModelWorker,
+            fn_constructor_kwargs={
+                "model": embedding.model_name,
+                "device": plan.device,
+                "bank": [ray.put((bank.texts, bank.vectors))],
+                "settings": embedding.settings.to_json(),
+            },
+            batch_size=batch_size,
+            batch_format="numpy",
+            # No more model workers than batches: each one loads the model.
+            compute=ray.data.ActorPoolStrategy(
+                size=min(plan.workers, math.ceil(len(files) / batch_size))
+            ),
+            num_cpus=1,
+            num_gpus=1 if plan.gpus else 0,
+            max_restarts=RETRIES,
+            max_task_retries=RETRIES,
+        )
 
 
 @contextlib.contextmanager

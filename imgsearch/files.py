@@ -224,3 +224,24 @@ def load_pixels(path: Path, preprocess: Preprocess) -> Pixels:
         return Pixels(None, error=str(exc))
     except Exception as exc:  # noqa: BLE001
         return Pixels(None, error=f"cannot decode: {exc}")
+
+
+def relative_path(root: Path, path: Path, must_exist: bool = True) -> str | None:
+    """``path`` relative to ``root`` in POSIX form ('' for the root itself), or None when it
+    lies outside (or, with ``must_exist``, does not exist)."""
+    if must_exist and not path.exists():
+        return None
+    try:
+        relative = path.expanduser().resolve().relative_to(root)
+    except ValueError:
+        return None
+    return "" if relative == Path(".") else relative.as_posix()
+
+
+def free_path(path: Path) -> Path:
+    """``path``, or ``name-1.ext``, ``name-2.ext``... when it is taken: never overwrite."""
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate

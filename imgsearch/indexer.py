@@ -3,6 +3,10 @@
 Stages, in one direction: files -> decoded images (worker threads) -> vectors
 (the model, batched) -> captions (FAISS over the bank) -> storage (one
 transaction per batch, so an interrupted run keeps what it finished).
+
+``update`` is the one place an indexing run writes the database from; how the files are
+embedded (here, or on a Ray cluster) is the runner it is given. A query image goes through
+the same ``describe_pixels`` as every indexed one.
 """
 
 from __future__ import annotations
@@ -21,43 +25,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
-from imgsearch.files import FileInfo, Pixels, hash_file, is_image_name, load_pixels, walk
+from imgsearch.captions import CaptionBank, Captioned, CaptionSettings, read_bank
+from imgsearch.errors import ImgsearchError
+from imgsearch.files import (
+    BadImage,
+    FileInfo,
+    Pixels,
+    decode,
+    hash_file,
+    is_image_name,
+    load_pixels,
+    walk,
+)
+from imgsearch.results import Description, IndexSummary, Skipped
 from imgsearch.storage import ImageRecord, Store
 
 if TYPE_CHECKING:
-    from imgsearch.captions import CaptionBank, CaptionSettings
-    from imgsearch.models import Model
+    from imgsearch.models import ImageEmbeddings, Model
 
-
-@dataclass
-class Skipped:
-    path: str
-    reason: str
-
-
-@dataclass
-class IndexSummary:
-    """What one indexing run did. Paths are relative to the indexed root."""
-
-    added: int = 0
-    updated: int = 0
-    moved: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    skipped: list[Skipped] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "added": self.added,
-            "updated": self.updated,
-            "moved": self.moved,
-            "removed": self.removed,
-            "unchanged": self.unchanged,
-            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
-            "seconds": round(self.seconds, 3),
-        }
+# Embeds files and stores them through a BatchWriter: (stored, skipped). See ``update``.
+Runner = Callable[[list[FileInfo], "BatchWriter"], None]
 
 
 @dataclass
@@ -237,6 +226,15 @@ def _decoded(
             threads.shutdown(wait=True, cancel_futures=True)
 
 
+def describe_pixels(
+    pixels: np.ndarray, model: Model, bank: CaptionBank, settings: CaptionSettings
+) -> tuple[ImageEmbeddings, Captioned]:
+    """A uint8 (B, H, W, 3) batch made by the model's preprocessing to its vectors and its
+    top-N captions: what an indexed photo and a query photo alike are made of."""
+    vectors = model.encode_images(pixels)
+    return vectors, bank.describe(vectors.text_space, settings)
+
+
 def embed_batch(
     items: list[Loaded], model: Model, bank: CaptionBank, settings: CaptionSettings
 ) -> list[ImageRecord]:
@@ -245,8 +243,8 @@ def embed_batch(
     The single-process indexer and the Ray model workers both call this, so both store the
     same vectors and captions for the same files.
     """
-    vectors = model.encode_images(np.stack([item.pixels.array for item in items]))
-    captioned = bank.describe(vectors.text_space, settings)
+    batch = np.stack([item.pixels.array for item in items])
+    vectors, captioned = describe_pixels(batch, model, bank, settings)
     return [
         ImageRecord(
             path=item.info.path,
@@ -302,25 +300,19 @@ class BatchWriter:
             self.bar.close()
 
 
-def embed_files(
+def local_runner(
     root: Path,
-    files: list[FileInfo],
-    model: Model,
-    bank: CaptionBank,
-    settings: CaptionSettings,
-    store: Store,
+    embedding: Embedding,
     batch_size: int = 32,
     workers: int | None = None,
-    on_skip: Callable[[Skipped], None] | None = None,
-    progress: bool = False,
-) -> tuple[int, list[Skipped]]:
-    """Embed ``files`` and store them, one transaction per batch. Returns (stored, skipped)."""
+) -> Runner:
+    """Embed in this process: decode workers (threads, or processes beside a GPU), the model
+    in batches, each batch stored as it is done."""
 
-    workers = workers or default_workers()
-    writer = BatchWriter(store, len(files), on_skip, progress)
-    batch: list[Loaded] = []
-    try:
-        for item in _decoded(root, files, model, workers, batch_size):
+    def run(files: list[FileInfo], writer: BatchWriter) -> None:
+        model, bank, settings = embedding.model, embedding.bank, embedding.settings
+        batch: list[Loaded] = []
+        for item in _decoded(root, files, model, workers or default_workers(), batch_size):
             if item.pixels.error:
                 writer.skip(item.info, item.pixels.error)
                 continue
@@ -330,9 +322,142 @@ def embed_files(
                 batch.clear()
         if batch:
             writer.put(embed_batch(batch, model, bank, settings))
-    finally:
-        writer.close()
-    return writer.stored, writer.skipped
+
+    return run
+
+
+def update(
+    root: Path,
+    store: Store,
+    runner: Runner,
+    only: set[str] | None = None,
+    on_skip: Callable[[Skipped], None] | None = None,
+    progress: bool = False,
+) -> IndexSummary:
+    """Bring the index in line with the folder: add, update, move and drop images. The one
+    place an indexing run writes from; the caller holds the writer lock.
+
+    ``only`` limits the run to those files (relative to the root): listed files are added,
+    updated or dropped as usual, indexed files not listed stay as they are.
+    """
+    todo = plan(root, store, only)
+    summary = IndexSummary(unchanged=todo.unchanged, moved=todo.moved)
+    summary.skipped.extend(todo.known_bad)
+    missing = [Skipped(p, "listed, but no image file is there") for p in todo.absent]
+    for skip in missing:
+        summary.skipped.append(skip)
+        if on_skip is not None:
+            on_skip(skip)
+    store.update_files(todo.relocate)
+    summary.removed = store.remove_ids(todo.remove)
+    if todo.embed:
+        writer = BatchWriter(store, len(todo.embed), on_skip, progress)
+        try:
+            runner(todo.embed, writer)
+        finally:
+            writer.close()
+        stored, skipped = writer.stored, writer.skipped
+        summary.skipped.extend(skipped)
+        updated = sum(1 for f in todo.embed if f.path in todo.changed)
+        bad_changed = sum(1 for s in skipped if s.path in todo.changed)
+        summary.updated = updated - bad_changed
+        summary.added = stored - summary.updated
+        # A changed file that no longer decodes keeps no stale vectors.
+        stale = [p for p in (s.path for s in skipped) if p in todo.changed]
+        states = store.file_states()
+        store.remove_ids(states[p].id for p in stale if p in states)
+        summary.removed += len(stale)
+    keep = {s.path for s in summary.skipped} - set(todo.absent)
+    if only is not None:  # failures of files not listed are not this run's to forget
+        keep.update(p for p in store.skipped_files() if p not in only)
+    store.forget_skipped(keep)
+    return summary
+
+
+class Embedding:
+    """The model side of an index: its model (loaded on first use: a re-run with nothing
+    new never needs it), its caption bank and the settings its captions are combined by."""
+
+    def __init__(
+        self,
+        model_name: str,
+        settings: CaptionSettings,
+        store: Store,
+        device: str | None = None,
+        model: Model | None = None,
+        bank: CaptionBank | None = None,
+    ):
+        self.model_name = model_name
+        self.settings = settings
+        self.store = store
+        self.device = device
+        self._model = model
+        self._bank = bank
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> Model:
+        if self._model is None:
+            from imgsearch.models import load_model, pick_device
+
+            self._model = load_model(self.model_name, pick_device(self.device))
+        return self._model
+
+    @property
+    def bank(self) -> CaptionBank:
+        if self._bank is None:
+            texts, vectors = self.store.load_bank()
+            self._bank = CaptionBank(texts, vectors)
+        return self._bank
+
+    def describe(self, image: Image.Image, path: Path | None = None) -> Description:
+        """A decoded image as the scoring methods see it (the model runs)."""
+        pixels = self.model.preprocess(image)[None]
+        vectors, found = describe_pixels(pixels, self.model, self.bank, self.settings)
+        return Description(
+            found.ids[0].tolist(),
+            found.scores[0].tolist(),
+            found.vectors[0],
+            vectors.image[0],
+            str(path.resolve()) if path else "<image>",
+            path,
+            None,
+            image,
+        )
+
+    def describe_file(self, path: Path, relative: str | None, name: object = None) -> Description:
+        """An image file as the scoring methods see it: read from the index when it is the
+        indexed, unchanged file at ``relative`` (no model needed), else decoded and embedded.
+        ``name`` is how messages call the file (default: its path)."""
+        if relative is not None:
+            record = self.store.get(path=relative)
+            stat = path.stat()
+            if record and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+                return Description(
+                    record.caption_ids,
+                    record.caption_scores,
+                    record.caption_vector,
+                    record.image_vector,
+                    str(path.resolve()),
+                    path,
+                    record.id,
+                )
+        try:
+            image = decode(path).image
+        except BadImage as exc:
+            raise ImgsearchError(f"{path if name is None else name}: {exc}") from None
+        return self.describe(image, path)
+
+
+def new_bank(model: Model, captions: str | os.PathLike | None) -> tuple[str, CaptionBank]:
+    """A caption bank's name and its texts embedded by ``model`` (cached per model and bank)."""
+    from imgsearch.models.base import cached_text_vectors
+
+    name, texts = read_bank(captions)
+    return name, CaptionBank(texts, cached_text_vectors(model, texts))
 
 
 def _progress_bar(total: int, enabled: bool):  # noqa: ANN202 - tqdm or None

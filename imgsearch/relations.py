@@ -62,8 +62,8 @@ class Edge:
 
 
 @dataclass
-class Cluster:
-    """A cluster's rows, its most shared captions (full texts) and a short name from them."""
+class NamedGroup:
+    """A group's rows, its most shared captions (full texts) and a short name from them."""
 
     members: list[int]
     captions: list[str]
@@ -406,23 +406,6 @@ def write_csv(
             writer.writerow([nodes[edge.source], nodes[edge.target], _score(edge.score)])
 
 
-def graph_dict(
-    nodes: list[str], edges: Sequence[Edge], groups: list[list[int]] | None = None
-) -> dict[str, Any]:
-    """The graph for JSON, by path: nodes, edges {source, target, score} and, when given,
-    groups. Scores are rounded to 6 decimals, beyond which float32 carries nothing."""
-    out: dict[str, Any] = {
-        "nodes": list(nodes),
-        "edges": [
-            {"source": nodes[e.source], "target": nodes[e.target], "score": round(e.score, 6)}
-            for e in edges
-        ],
-    }
-    if groups is not None:
-        out["groups"] = [[nodes[row] for row in members] for members in groups]
-    return out
-
-
 # --- clusters ---------------------------------------------------------------------------
 
 
@@ -517,7 +500,7 @@ def name_clusters(
     caption_texts: list[str],
     top: int = 3,
     member_scores: list[list[float]] | None = None,
-) -> list[Cluster]:
+) -> list[NamedGroup]:
     """Name each group by the captions most of its members have, largest group first.
 
     ``member_captions[row]`` is the row's top-N caption ids (``member_scores[row]`` their
@@ -542,7 +525,7 @@ def name_clusters(
             short = short_caption(caption)
             if short.casefold() not in (name.casefold() for name in names):
                 names.append(short)
-        clusters.append(Cluster(sorted(members), captions, " / ".join(names)))
+        clusters.append(NamedGroup(sorted(members), captions, " / ".join(names)))
     clusters.sort(key=lambda c: (-len(c.members), c.members[0] if c.members else -1))
     return clusters
 
@@ -647,3 +630,36 @@ def mean_set_similarity(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) == 0 or len(b) == 0:
         raise ValueError("both sets need at least one image")
     return float(a.mean(axis=0, dtype=np.float64) @ b.mean(axis=0, dtype=np.float64))
+
+
+def rank_items(
+    vectors: np.ndarray,
+    paths: Sequence[str],
+    item: str,
+    method: str = "hungarian",
+    min_pair: float | None = None,
+    top_m: int | None = None,
+) -> list[tuple[str, float]]:
+    """The other items (top-level folders of ``paths``, one item each) ranked by set
+    similarity to ``item``'s images, best first. LookupError when ``item`` has no images;
+    ValueError (naming the item) when a set cannot be matched as asked."""
+    items: dict[str, list[int]] = {}
+    for row, path in enumerate(paths):
+        if "/" in path:
+            items.setdefault(path.split("/", 1)[0], []).append(row)
+    if item not in items:
+        raise LookupError(item)
+    mine = vectors[items.pop(item)]
+    ranked = []
+    for name, rows in items.items():
+        theirs = vectors[rows]
+        try:
+            if method == "mean":
+                value = mean_set_similarity(mine, theirs)
+            else:
+                value = set_similarity(mine @ theirs.T, method, min_pair, top_m).score
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        ranked.append((name, float(value)))
+    ranked.sort(key=lambda hit: -hit[1])
+    return ranked

@@ -1,4 +1,4 @@
-"""What people look at: thumbnails, self-contained HTML reports, and the collection's map.
+"""What people look at: self-contained HTML reports, and the collection's map.
 
 Reports embed every thumbnail as a base64 JPEG, so one file can be opened anywhere or sent
 to someone; they reuse the web UI's stylesheet (``imgsearch/static/style.css``), so a
@@ -9,35 +9,29 @@ and colours each image by its k-means cluster.
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
-import io
 import json
 import math
-import os
-import threading
 import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from imgsearch import config
 from imgsearch.errors import ImgsearchError
-from imgsearch.files import BadImage, decode
+from imgsearch.files import BadImage
+from imgsearch.thumbnails import make_thumbnail
 
 if TYPE_CHECKING:
-    from imgsearch.api import Cluster, Duplicates, Index, IndexedFile, Layout
-    from imgsearch.search import Hit
+    from imgsearch.api import Index
+    from imgsearch.results import Cluster, Duplicates, Hit, Layout
 
 REPORT_THUMBNAIL = 200  # longest side of a thumbnail embedded in a report
 MAP_THUMBNAIL = 128  # the map's hover previews: one per image, so smaller
 MAP_THUMBNAILS_MAX = 5000  # above, a page of previews would weigh hundreds of MB: names only
 MAP_SIZE = (1200, 900)
-PROJECTIONS = ("auto", "tsne", "pca")
 # Distinct colours for clusters (cycled past 20), readable on white.
 PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -46,83 +40,8 @@ PALETTE = [
 ]  # fmt: skip
 
 
-# --- thumbnails -------------------------------------------------------------------
-
-
-def make_thumbnail(path: Path, size: int) -> bytes:
-    """JPEG bytes of the image at ``path``, longest side at most ``size``. JPEGs decode in
-    draft mode (at 1/2 to 1/8 scale), so a camera photo costs a fraction of a full decode.
-    Raises ``BadImage``."""
-    image = decode(path, min_side=size).image
-    image.thumbnail((size, size), Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=85, optimize=True)
-    return out.getvalue()
-
-
-def cached_thumbnail(found: IndexedFile, size: int) -> bytes | None:
-    """The thumbnail of an indexed file, kept in the user cache folder under its content hash
-    and size (a moved or copied photo reuses it); None when the file no longer decodes."""
-    try:
-        stat = found.path.stat()
-    except OSError:
-        return None
-    if (stat.st_size, stat.st_mtime_ns) != (found.size, found.mtime_ns):
-        # Changed since it was indexed: the stored hash no longer names its content.
-        try:
-            return make_thumbnail(found.path, size)
-        except BadImage:
-            return None
-    cached = config.cache_dir() / "thumbnails" / found.hash[:2] / f"{found.hash}-{size}.jpg"
-    with contextlib.suppress(OSError):
-        return cached.read_bytes()
-    try:
-        data = make_thumbnail(found.path, size)
-    except BadImage:
-        return None
-    with contextlib.suppress(OSError):  # a read-only cache still gives thumbnails
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cached.with_name(f"{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, cached)
-    return data
-
-
 def data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
-
-
-# --- the map's coordinates ---------------------------------------------------------
-
-
-def project(vectors: np.ndarray, projection: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
-    """Rows in two dimensions, scaled into [0, 1] with one scale for both axes (so distances
-    keep their proportions), and the projection used. ``auto`` is t-SNE, which shows local
-    groups best, up to ``config.TSNE_MAX_IMAGES`` rows, and PCA above, where t-SNE is slow."""
-    if projection not in PROJECTIONS:
-        raise ImgsearchError(f"unknown projection {projection!r}: use {', '.join(PROJECTIONS)}")
-    n = len(vectors)
-    if projection == "auto":
-        projection = "tsne" if n <= config.TSNE_MAX_IMAGES else "pca"
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if n < 3:  # nothing to project: t-SNE needs more rows than its perplexity, PCA two
-        xy = np.stack([np.arange(n, dtype=np.float64), np.zeros(n)], axis=1)
-    elif projection == "tsne":
-        from sklearn.manifold import TSNE
-
-        # Scores are cosines, so t-SNE's neighbourhoods are too; perplexity must stay below n.
-        tsne = TSNE(2, perplexity=min(30.0, (n - 1) / 3), init="pca", metric="cosine",
-                    random_state=seed)  # fmt: skip
-        xy = tsne.fit_transform(vectors).astype(np.float64)
-    else:
-        from sklearn.decomposition import PCA
-
-        xy = PCA(2, random_state=seed).fit_transform(vectors).astype(np.float64)
-    xy = xy - xy.min(axis=0) if n else xy.reshape(0, 2)
-    scale = float(xy.max()) if n else 0.0
-    xy = xy / scale if scale > 0 else xy
-    xy += (1 - xy.max(axis=0)) / 2 if n else 0  # centre the shorter axis
-    return xy, projection
 
 
 # --- HTML pages ----------------------------------------------------------------------
@@ -428,7 +347,7 @@ def map_format(path: Path) -> str:
     raise ImgsearchError(f"{path}: the map is written as .html or .png")
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_dimensions(text: str) -> tuple[int, int]:
     """'1200x900' -> (1200, 900)."""
     try:
         width, height = (int(part) for part in text.lower().split("x"))

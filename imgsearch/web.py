@@ -33,8 +33,9 @@ from imgsearch import config
 from imgsearch.api import Index
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import BadImage, decode
-from imgsearch.report import cached_thumbnail, display_name
-from imgsearch.search import Hit
+from imgsearch.report import display_name
+from imgsearch.results import Hit
+from imgsearch.thumbnails import cached_thumbnail
 
 DEFAULT_K = 24  # a grid's worth
 MAX_K = 200
@@ -236,7 +237,7 @@ def create_app(
                     }
                     for g in ix.duplicates()
                 ]
-            threshold = config.duplicate_threshold(ix.model_name)
+            threshold = ix.duplicate_threshold()
             return JSONResponse({"threshold": threshold, "groups": viewer.memo[("duplicates",)]})
 
     async def user_error(request: Request, exc: Exception) -> Response:

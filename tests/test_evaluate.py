@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import ImageEnhance, ImageOps
 
 from imgsearch.cli import main
-from imgsearch.evaluate import pair_metrics, retrieval_metrics, roc_auc, sample_pairs
+from imgsearch.metrics import pair_metrics, retrieval_metrics, roc_auc, sample_pairs
 from tests.conftest import sample
 
 

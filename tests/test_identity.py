@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from imgsearch import Index
-from imgsearch.search import caption_avg
+from imgsearch.captions import caption_avg
 
 
 def test_identity_on_random_unit_vectors() -> None:

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from imgsearch import config
+from imgsearch.captions import DEFAULT_SETTINGS
 from imgsearch.cli import main
-from imgsearch.distributed import KILL_ENV, model_preprocess
+from imgsearch.distributed import KILL_ENV
+from imgsearch.models import preprocess_for as model_preprocess
 from imgsearch.storage import Store
 from tests.conftest import sample
 
@@ -88,7 +89,7 @@ def test_ray_stores_what_one_process_stores_even_when_workers_die(
     assert rows(distributed) == {p: 1 for p in rows(one)} and len(rows(one)) == 9
     with sqlite3.connect(distributed) as conn:
         per_image = conn.execute("SELECT COUNT(*) FROM image_captions GROUP BY image_id").fetchall()
-    top_n = min(config.CAPTION_SETTINGS.top_n, len(small_bank.read_text().splitlines()))
+    top_n = min(DEFAULT_SETTINGS.top_n, len(small_bank.read_text().splitlines()))
     assert [n for (n,) in per_image] == [top_n] * 9
 
     a, b = Store.open(one), Store.open(distributed)

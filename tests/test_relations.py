@@ -18,7 +18,6 @@ from imgsearch.relations import (
     Edge,
     components,
     duplicate_groups,
-    graph_dict,
     graph_edges,
     kmeans_clusters,
     mean_set_similarity,
@@ -28,6 +27,7 @@ from imgsearch.relations import (
     write_csv,
     write_graphml,
 )
+from imgsearch.results import graph_dict
 
 GRAPHML = "{http://graphml.graphdrawing.org/xmlns}"
 

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from imgsearch import Index, report
-from imgsearch.report import PALETTE, REPORT_THUMBNAIL, project
+from imgsearch.projections import project
+from imgsearch.report import PALETTE, REPORT_THUMBNAIL
 from tests.conftest import sample, write_photos
 from tests.test_cli import run
 

@@ -1,36 +1,67 @@
-"""Which model to use, and on which device: the one place that decides."""
+"""Which model to use, and on which device: one dispatch over the backends' own facts.
+
+Each backend module declares a ``BACKEND`` (``base.Backend``): its family, which names are
+its, how it loads and how it preprocesses. Nothing else tests model names. Importing this
+package loads no torch; making a model or choosing a device does.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
-import threading
-from pathlib import Path
-from urllib.parse import urlparse
-
-import torch
+from typing import TYPE_CHECKING
 
 from imgsearch.errors import ImgsearchError
-from imgsearch.models.base import ImageEmbeddings, Model, Preprocess, normalize
+from imgsearch.files import Preprocess
+from imgsearch.models import clip, offline
+from imgsearch.models.base import Backend, ImageEmbeddings, Model, normalize
 from imgsearch.models.clip import DEFAULT_CLIP
 from imgsearch.models.offline import OFFLINE
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
+    "BACKENDS",
     "DEFAULT_CLIP",
     "OFFLINE",
+    "Backend",
     "ImageEmbeddings",
     "Model",
     "Preprocess",
+    "backend",
+    "family",
     "load_model",
     "model_id",
     "normalize",
     "pick_device",
+    "preprocess_for",
 ]
+
+# Asked in order; the first whose ``matches`` takes the name wins (CLIP takes any name).
+BACKENDS: list[Backend] = [offline.BACKEND, clip.BACKEND]
+
+
+def backend(name: str) -> Backend:
+    """The backend a model name belongs to."""
+    return next(b for b in BACKENDS if b.matches(name))
+
+
+def family(name: str) -> str:
+    """Which column of defaults (thresholds) a model's scores are judged by."""
+    return backend(name).family
+
+
+def preprocess_for(name: str) -> Preprocess | None:
+    """The decode side of a model's preprocessing without its weights: for decoders on a
+    machine (a Ray driver, say) that never loads the model. None if it cannot be read here."""
+    return backend(name).preprocess(name)
 
 
 def pick_device(name: str | None = None) -> torch.device:
     """CUDA, then Apple MPS, then CPU, unless ``name`` forces one."""
+    import torch
+
     if name and name != "auto":
         try:
             device = torch.device(name)
@@ -50,12 +81,7 @@ def pick_device(name: str | None = None) -> torch.device:
 
 def model_id(name: str) -> str:
     """What an index records: 'offline', a hub id, or a local folder's absolute path."""
-    if name == OFFLINE:
-        return name
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    return name
+    return backend(name).identify(name)
 
 
 def load_model(name: str | None, device: torch.device, say=None) -> Model:  # noqa: ANN001
@@ -81,55 +107,8 @@ def _load(name: str, device: torch.device) -> Model:
     """Load once per process: models are only read, and loading takes seconds."""
     key = (name, str(device))
     if key not in _loaded:
-        _loaded[key] = _load_new(name, device)
+        _loaded[key] = backend(name).load(name, device)
     return _loaded[key]
-
-
-def _load_new(name: str, device: torch.device) -> Model:
-    if name == OFFLINE:
-        from imgsearch.models.offline import OfflineModel
-
-        return OfflineModel(device)
-    from imgsearch.models.clip import ClipModel
-
-    if Path(name).is_dir():
-        try:
-            return ClipModel(name, device)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ImgsearchError(f"cannot load a CLIP model from {name}: {exc}") from None
-    try:
-        return ClipModel(name, device, local_files_only=True)
-    except (OSError, ValueError):
-        pass
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise ImgsearchError(f"CLIP {name!r} is not in the local cache and HF_HUB_OFFLINE is set")
-    if not _hub_reachable():
-        raise ImgsearchError(
-            f"CLIP {name!r} is not in the local cache and the Hugging Face hub cannot be reached"
-        )
-    try:
-        return ClipModel(name, device, local_files_only=False)
-    except (OSError, ValueError) as exc:
-        raise ImgsearchError(f"cannot load CLIP {name!r}: {exc}") from None
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick connection test, so an offline machine gives up in seconds, not minutes."""
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = endpoint.hostname or "huggingface.co", endpoint.port or 443
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)  # DNS has no timeout of its own
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
 
 
 def _quiet_transformers() -> None:

@@ -1,4 +1,4 @@
-"""The one interface every model backend implements.
+"""The one interface every model backend implements, and the facts each one declares.
 
 A backend turns decoded images into two vectors each and texts into one:
 
@@ -12,6 +12,9 @@ A backend turns decoded images into two vectors each and texts into one:
 Preprocessing (``preprocess``, an ``imgsearch.files.Preprocess``) runs in decode
 workers, away from the model: resize and crop to uint8 there, then ``encode_images``
 normalises the batch on the model's device.
+
+Nothing here imports torch: finding a backend's facts (its family, say, which a query of
+an indexed photo needs) must not cost the seconds torch takes to load.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from imgsearch.config import cache_dir
 from imgsearch.files import Preprocess
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -57,6 +64,25 @@ class Model(ABC):
     @abstractmethod
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Unit vectors (len(texts), text_dim) in the caption space."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What one kind of model is, declared by its own module (see ``imgsearch.models``).
+
+    ``family`` names the column of defaults (thresholds) its scores are judged by;
+    ``matches`` says whether a model name is this backend's; ``identify`` turns a name as
+    given into the one an index records; ``load`` makes the model; ``preprocess`` gives the
+    decode side of its preprocessing from its configuration alone, without the weights
+    (None when that is not on this machine).
+    """
+
+    name: str
+    family: str
+    matches: Callable[[str], bool]
+    identify: Callable[[str], str]
+    load: Callable[[str, torch.device], Model]
+    preprocess: Callable[[str], Preprocess | None]
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

@@ -1,14 +1,23 @@
-"""CLIP through transformers: a checkpoint id from the Hugging Face cache, or a local folder."""
+"""CLIP through transformers: a checkpoint id from the Hugging Face cache, or a local folder.
+
+The backend that takes every model name no other backend claims. torch and transformers
+are imported where a model is made, not when the backend's facts are read.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from imgsearch.models.base import ImageEmbeddings, Model, Preprocess, normalize
+from imgsearch.errors import ImgsearchError
+from imgsearch.models.base import Backend, ImageEmbeddings, Model, Preprocess, normalize
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 
@@ -21,6 +30,7 @@ class ClipModel(Model):
     """One CLIP for both sides: its image embedding already lies in the caption space."""
 
     def __init__(self, source: str, device: torch.device, local_files_only: bool = True):
+        import torch
         from transformers import AutoTokenizer, CLIPModel
 
         self.name = source
@@ -35,24 +45,83 @@ class ClipModel(Model):
         self.max_tokens = int(self.model.config.text_config.max_position_embeddings)
         self.preprocess = _preprocess_for(source, local_files_only, self.model.config)
 
-    @torch.inference_mode()
     def encode_images(self, pixels: np.ndarray | torch.Tensor) -> ImageEmbeddings:
+        import torch
+
         channels_last = self.device.type == "cuda"
-        pixels = self.preprocess.normalize(pixels, self.device, self.dtype, channels_last)
-        out = self.model.get_image_features(pixel_values=pixels)
-        # transformers 5 returns an output object, 4.x a tensor.
-        features = out if isinstance(out, torch.Tensor) else out.pooler_output
-        vectors = normalize(features.float().cpu().numpy())
+        with torch.inference_mode():
+            pixels = self.preprocess.normalize(pixels, self.device, self.dtype, channels_last)
+            vectors = normalize(_features(self.model.get_image_features(pixel_values=pixels)))
         return ImageEmbeddings(image=vectors, text_space=vectors)
 
-    @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
         tokens = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
         ).to(self.device)
-        out = self.model.get_text_features(**tokens)
-        features = out if isinstance(out, torch.Tensor) else out.pooler_output
-        return normalize(features.float().cpu().numpy())
+        with torch.inference_mode():
+            return normalize(_features(self.model.get_text_features(**tokens)))
+
+
+def _features(out) -> np.ndarray:  # noqa: ANN001 - a tensor or a transformers output
+    """transformers 5 returns an output object, 4.x a tensor."""
+    import torch
+
+    features = out if isinstance(out, torch.Tensor) else out.pooler_output
+    return features.float().cpu().numpy()
+
+
+def load(name: str, device: torch.device) -> ClipModel:
+    """A folder, or a hub id from the local cache, else from the hub if it can be reached."""
+    if Path(name).is_dir():
+        try:
+            return ClipModel(name, device)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ImgsearchError(f"cannot load a CLIP model from {name}: {exc}") from None
+    try:
+        return ClipModel(name, device, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ImgsearchError(f"CLIP {name!r} is not in the local cache and HF_HUB_OFFLINE is set")
+    from imgsearch.models.hub import hub_reachable
+
+    if not hub_reachable():
+        raise ImgsearchError(
+            f"CLIP {name!r} is not in the local cache and the Hugging Face hub cannot be reached"
+        )
+    try:
+        return ClipModel(name, device, local_files_only=False)
+    except (OSError, ValueError) as exc:
+        raise ImgsearchError(f"cannot load CLIP {name!r}: {exc}") from None
+
+
+def preprocess(name: str) -> Preprocess | None:
+    """The checkpoint's preprocessing from its config alone, if it is on this machine."""
+    from transformers import CLIPConfig
+
+    try:
+        config = CLIPConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    return _preprocess_for(name, True, config)
+
+
+def identify(name: str) -> str:
+    """A local folder by its absolute path, a hub id as it is."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+BACKEND = Backend(
+    name="clip",
+    family="clip",
+    matches=lambda name: True,
+    identify=identify,
+    load=load,
+    preprocess=preprocess,
+)
 
 
 def _preprocess_for(source: str, local_files_only: bool, config) -> Preprocess:  # noqa: ANN001

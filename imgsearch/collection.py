@@ -1,0 +1,172 @@
+"""Relations among the indexed images as a whole: the relationship graph, named clusters,
+near-duplicates and sets of images, in paths the user knows (``relations`` does the arrays)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from imgsearch import config, relations, scoring
+from imgsearch.errors import ImgsearchError
+from imgsearch.files import free_path, relative_path
+from imgsearch.metrics import MethodInput, evaluate_methods
+from imgsearch.projections import project
+from imgsearch.results import Cluster, Duplicates, Evaluation, Graph, Layout, Moved, SetHit
+from imgsearch.storage import Store
+from imgsearch.vectors import Vectors
+
+
+class Collection:
+    """One index's images seen together. ``tau(method)`` gives a method's recorded
+    threshold; ``graph_tau`` and ``duplicate_threshold`` the graph's and the copies' own."""
+
+    def __init__(
+        self,
+        root: Path,
+        store: Store,
+        vectors: Vectors,
+        tau: Callable[[str], float],
+        graph_tau: float,
+        duplicate_threshold: float,
+    ):
+        self.root = root
+        self.store = store
+        self.vectors = vectors
+        self.tau = tau
+        self.graph_tau = graph_tau
+        self.duplicate_threshold = duplicate_threshold
+
+    def graph(self, tau: float | None, method: str | None, k: int | None, mutual: bool) -> Graph:
+        if k is not None and k < 1:
+            raise ImgsearchError("--k must be at least 1")
+        if method is None:
+            method = config.GRAPH_METHOD
+            if tau is None:
+                tau = self.graph_tau
+        scoring.get(method, ranking=True)
+        tau = self.tau(method) if tau is None else tau
+        ids, paths, vectors = self.vectors.of(method)
+        edges = relations.graph_edges(vectors, tau, k, mutual and k is not None)
+        groups = relations.components(len(ids), edges)
+        nodes = [str(self.root / p) for p in paths]
+        return Graph(nodes, edges, groups, method, tau, k, mutual, ids)
+
+    def clusters(self, k: int | None, tau: float | None, method: str) -> list[Cluster]:
+        if k is not None and tau is not None:
+            raise ImgsearchError("give --k or --tau, not both")
+        scoring.get(method, ranking=True)
+        if tau is not None:
+            graph = self.graph(tau, method, config.GRAPH_K, config.GRAPH_MUTUAL)
+            groups, ids = graph.groups, graph.ids
+        else:
+            k = config.CLUSTERS_K if k is None else k
+            if k < 1:
+                raise ImgsearchError("--k must be at least 1")
+            ids, _, vectors = self.vectors.of(method)
+            groups = relations.kmeans_clusters(vectors, k)
+        caption_ids, caption_scores = self.store.caption_lists(ids)
+        texts = self.vectors.context.bank.texts
+        named = relations.name_clusters(
+            groups, caption_ids.tolist(), texts, member_scores=caption_scores.tolist()
+        )
+        paths = self.store.paths(ids)
+        return [
+            Cluster(c.name, c.captions, [str(self.root / paths[int(ids[m])]) for m in c.members])
+            for c in named
+        ]
+
+    def duplicates(self, threshold: float | None) -> list[Duplicates]:
+        threshold = self.duplicate_threshold if threshold is None else threshold
+        ids, paths, vectors = self.store.vectors("image_vector")
+        found = relations.duplicate_groups(vectors, threshold, self.store.sizes(ids))
+        root = self.root
+        return [
+            Duplicates(str(root / paths[g.keep]), [str(root / paths[o]) for o in g.others], g.score)
+            for g in found
+        ]
+
+    def move_duplicates(self, groups: list[Duplicates], folder: str | os.PathLike) -> list[Moved]:
+        """Move every group's ``others`` into ``folder`` keeping their relative paths, never
+        overwriting a file. The caller brings the index up to date."""
+        target = Path(folder).expanduser().resolve()
+        moved = []
+        for group in groups:
+            for other in group.others:
+                source = Path(other)
+                if not source.is_file():
+                    continue
+                destination = free_path(target / source.relative_to(self.root))
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(source, destination)
+                moved.append(Moved(str(source), str(destination)))
+        return moved
+
+    def sets(
+        self,
+        query: str | os.PathLike,
+        k: int,
+        method: str,
+        min_pair: float | None,
+        top_m: int | None,
+        score: str,
+    ) -> list[SetHit]:
+        scoring.get(score, ranking=True)
+        if method not in (*relations.SET_METHODS, "mean"):
+            raise ImgsearchError(
+                f"unknown set method {method!r}: use {', '.join(relations.SET_METHODS)} or mean"
+            )
+        if k < 1:
+            raise ImgsearchError("-k must be at least 1")
+        item = relative_path(self.root, Path(query))
+        if item is None or not Path(query).is_dir() or "/" in item or not item:
+            raise ImgsearchError(f"{query} is not a folder directly inside {self.root}")
+        _, paths, vectors = self.vectors.of(score)
+        try:
+            ranked = relations.rank_items(vectors, paths, item, method, min_pair, top_m)
+        except LookupError:
+            raise ImgsearchError(f"no indexed images in {query}") from None
+        except ValueError as exc:
+            raise ImgsearchError(str(exc)) from None
+        return [SetHit(str(self.root / name), value) for name, value in ranked[:k]]
+
+    def layout(self, projection: str, k: int | None, method: str) -> Layout:
+        ids, paths, vectors = self.vectors.of(method)
+        xy, used = project(vectors, projection)
+        k = config.viewer_clusters(len(ids)) if k is None else k
+        clusters = self.clusters(k, None, method)
+        row = {str(self.root / p): n for n, p in enumerate(paths)}
+        labels = np.zeros(len(ids), dtype=np.int64)
+        for number, cluster in enumerate(clusters):
+            labels[[row[m] for m in cluster.members]] = number
+        return Layout([str(self.root / p) for p in paths], ids, xy, labels, clusters, used)
+
+    def evaluate(
+        self,
+        labels: dict[str, str],
+        pairs: list[tuple[str, str, bool]] | None,
+        methods: Sequence[str] | None,
+        tau: float | None,
+    ) -> Evaluation:
+        methods = scoring.names() if methods is None else methods
+        states = self.store.file_states()
+        paths = sorted(states, key=lambda p: states[p].id)  # rows in id order, as vectors come
+        inputs: dict[str, MethodInput] = {}
+        for name in methods:
+            scorer = scoring.get(name)
+            threshold = tau if tau is not None and name == config.DEFAULT_METHOD else None
+            threshold = self.tau(name) if threshold is None else threshold
+            if scorer.ranks:
+                inputs[name] = (threshold, lambda n=name: self.vectors.of(n)[2], None)
+            else:
+                inputs[name] = (threshold, None, self._pixel_scores(scorer))
+        return evaluate_methods(paths, labels, pairs, inputs)
+
+    def _pixel_scores(
+        self, scorer: scoring.Method
+    ) -> Callable[[list[tuple[str, str]]], np.ndarray]:
+        assert isinstance(scorer, scoring.PixelScore)
+        return lambda pairs: scorer.pair_scores([(self.root / a, self.root / b) for a, b in pairs])

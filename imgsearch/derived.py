@@ -1,0 +1,152 @@
+"""Files and tables made from the database, kept so a query never reads every vector.
+
+The collection's mean vectors and each scoring method's search index are saved beside a
+SQLite file (for a database URL: in the cache folder, one subfolder per database), each
+stamped with the database's generation: a counter every write transaction bumps. A file
+whose stamp differs, or that cannot be read, is rebuilt; one that cannot be written is kept
+in memory only. In memory, everything here is forgotten when the generation moves on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from imgsearch import config
+from imgsearch.results import IndexedFile
+from imgsearch.search import VectorIndex
+from imgsearch.storage import FileState, Store
+
+T = TypeVar("T")
+
+
+class Derived:
+    """What is derived from one index's database, in memory and on disk."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._memo: dict[str, object] = {}
+        self._generation: str | None = None
+
+    def clear(self) -> None:
+        """Forget everything held in memory (this process changed the database)."""
+        self._memo.clear()
+        self._generation = None
+
+    def refresh(self) -> bool:
+        """Forget what is held when another process changed the database since the last
+        call: a long-lived reader (``imgsearch serve``) calls it before each request."""
+        current = self.store.generation()
+        changed = self._generation not in (None, current)
+        if changed:
+            self._memo.clear()
+        self._generation = current
+        return changed
+
+    def memo(self, key: str, make: Callable[[], T]) -> T:
+        """``make()``'s result, kept until the database changes."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]  # type: ignore[return-value]
+
+    def path(self, name: str) -> Path:
+        """Where a file made from the database is kept: beside a SQLite file; for a URL, in
+        the cache folder, one subfolder per database (a hash of the URL, password masked),
+        so every machine keeps its own copy, stamped with the generation like any other."""
+        if self.store.path is not None:
+            return self.store.path.with_name(f"{self.store.path.name}.{name}")
+        key = hashlib.sha256(self.store.name.encode()).hexdigest()[:16]
+        folder = config.cache_dir() / "databases" / key
+        with contextlib.suppress(OSError):  # unwritable: the file is simply not kept
+            folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"index.{name}"
+
+    def files(self) -> tuple[dict[str, FileState], dict[int, str]]:
+        """Every indexed file's state by path, and the paths by id."""
+
+        def read() -> tuple[dict[str, FileState], dict[int, str]]:
+            states = self.store.file_states()
+            return states, {state.id: path for path, state in states.items()}
+
+        return self.memo("files", read)
+
+    def indexed_file(self, root: Path, image: int | str) -> IndexedFile | None:
+        """An indexed image by id or by path relative to ``root``; None for anything not in
+        the index, or no longer a regular file inside the indexed folder."""
+        files, file_ids = self.files()
+        relative = file_ids.get(image) if isinstance(image, int) else image
+        state = files.get(relative) if relative is not None else None
+        if state is None:
+            return None
+        path = root / relative
+        try:
+            if not (path.is_file() and path.resolve(strict=True).is_relative_to(root)):
+                return None
+        except OSError:
+            return None
+        return IndexedFile(state.id, path, state.hash, state.size, state.mtime_ns)
+
+    def means(self, caption_dim: int) -> dict[str, np.ndarray]:
+        """The collection's mean caption and image vectors (zeros while it has none)."""
+        return self.memo("means", lambda: self._load_means(caption_dim))
+
+    def _load_means(self, caption_dim: int) -> dict[str, np.ndarray]:
+        stamp = self.store.generation()
+        path = self.path("means.npz")
+        try:
+            with np.load(path) as saved:
+                if str(saved["stamp"]) == stamp:
+                    return {"caption": saved["caption"], "image": saved["image"]}
+        except (OSError, ValueError, KeyError):
+            pass
+        means = {}
+        for name in ("caption", "image"):
+            # A page at a time, summed row by row: numpy's own order for a column mean, so
+            # the same float32 result without holding every vector.
+            total, count = None, 0
+            for ids, (stored,) in self.store.vector_chunks([f"{name}_vector"]):
+                rows = stored if total is None else np.vstack([total[None], stored])
+                total, count = np.add.reduce(rows, axis=0), count + len(ids)
+            dim = caption_dim if name == "caption" else 1
+            mean = total / np.float32(count) if count else np.zeros(dim)
+            means[name] = mean.astype(np.float32)
+        with contextlib.suppress(OSError):
+            temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
+            np.savez(temporary, stamp=np.array(stamp), **means)
+            os.replace(temporary, path)
+        return means
+
+    def search_index(
+        self,
+        name: str,
+        tags: list,
+        memory: int,
+        build: Callable[[str, Path], VectorIndex],
+    ) -> VectorIndex:
+        """A search index loaded from ``index.db.{name}.vix`` when its stamp (the generation
+        and ``tags``, the settings its vectors depend on) is current and it suits the memory
+        budget; else ``build(stamp, folder)`` and saved for the next process."""
+
+        def load() -> VectorIndex:
+            # The generation is read before the vectors: a change in between makes the
+            # saved file look stale (rebuilt next time), never current with old contents.
+            stamp = json.dumps([self.store.generation(), *tags])
+            path = self.path(f"{name}.vix")
+            try:
+                index = VectorIndex.load(path)
+            except (OSError, ValueError):
+                index = None
+            if index is None or index.stamp != stamp or not index.suits(memory):
+                index = build(stamp, path.parent)
+                with contextlib.suppress(OSError):  # a read-only index still answers
+                    index.save(path)
+            return index
+
+        return self.memo(f"index:{name}", load)

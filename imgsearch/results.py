@@ -1,0 +1,284 @@
+"""What the API hands back: plain dataclasses, every one a program or the CLI can print.
+
+They sit below every other part (they import only the standard library, numpy and
+``files``) so that indexing, scoring, relations and the viewers all speak the same types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgsearch.errors import ImgsearchError
+from imgsearch.files import BadImage, decode
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from PIL import Image
+
+    from imgsearch.relations import Edge
+
+
+@dataclass
+class Caption:
+    """A caption from the bank and how well it matches an image."""
+
+    text: str
+    score: float
+
+
+@dataclass
+class Hit:
+    """A ranked result. ``path`` is absolute; ``shared`` explains the match when asked for;
+    ``id`` is the image's id in the index (how the web UI addresses its thumbnail)."""
+
+    path: str
+    score: float
+    shared: list[str] = field(default_factory=list)
+    id: int | None = None
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class IndexSummary:
+    """What one indexing run did. Paths are relative to the indexed root."""
+
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "moved": self.moved,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class Status:
+    """What ``imgsearch status`` shows."""
+
+    root: str
+    db: str
+    model: str
+    captions: str
+    caption_count: int
+    top_n: int
+    images: int
+    size_bytes: int
+    tau: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def graph_dict(
+    nodes: list[str], edges: Sequence[Edge], groups: list[list[int]] | None = None
+) -> dict[str, Any]:
+    """A graph for JSON, by path: nodes, edges {source, target, score} and, when given,
+    groups. Scores are rounded to 6 decimals, beyond which float32 carries nothing."""
+    out: dict[str, Any] = {
+        "nodes": list(nodes),
+        "edges": [
+            {"source": nodes[e.source], "target": nodes[e.target], "score": round(e.score, 6)}
+            for e in edges
+        ],
+    }
+    if groups is not None:
+        out["groups"] = [[nodes[row] for row in members] for members in groups]
+    return out
+
+
+@dataclass
+class Graph:
+    """The relationship graph: nodes (absolute paths), edges (rows into ``nodes``, source
+    < target), and connected components as groups, largest first."""
+
+    nodes: list[str]
+    edges: list[Edge]
+    groups: list[list[int]]
+    method: str
+    tau: float
+    k: int | None
+    mutual: bool
+    ids: np.ndarray  # database ids, row for row with ``nodes``
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "tau": self.tau,
+            "k": self.k,
+            "mutual": self.mutual,
+            **graph_dict(self.nodes, self.edges, self.groups),
+        }
+
+
+@dataclass
+class Cluster:
+    """A named group of images: ``name`` from its most shared ``captions``."""
+
+    name: str
+    captions: list[str]
+    members: list[str]
+
+
+@dataclass
+class Duplicates:
+    """Copies of one photo: ``keep`` (the most pixels) and the ``others``; ``score`` is the
+    lowest image cosine between ``keep`` and an other."""
+
+    keep: str
+    others: list[str]
+    score: float
+
+
+@dataclass
+class Moved:
+    source: str
+    destination: str
+
+
+@dataclass
+class SetHit:
+    """An item (a folder of images) and its set similarity to the query item."""
+
+    item: str
+    score: float
+
+
+@dataclass
+class Comparison:
+    """``imgsearch compare``: one pair under every method."""
+
+    a: str
+    b: str
+    scores: dict[str, float]
+    tau: dict[str, float]
+    similar: dict[str, bool]
+    shared: list[str]
+    captions_a: list[Caption]
+    captions_b: list[Caption]
+
+    def to_dict(self) -> dict:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "methods": {
+                m: {"score": round(s, 6), "tau": self.tau[m], "similar": self.similar[m]}
+                for m, s in self.scores.items()
+            },
+            "shared": self.shared,
+            "captions_a": [asdict(c) for c in self.captions_a],
+            "captions_b": [asdict(c) for c in self.captions_b],
+        }
+
+
+@dataclass
+class IndexedFile:
+    """An indexed image file: its id in the index, where it is, and its content hash."""
+
+    id: int
+    path: Path
+    hash: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Layout:
+    """The collection in two dimensions: ``xy`` (n, 2) in [0, 1], row for row with ``paths``
+    and ``ids``; ``cluster`` indexes ``clusters``; ``projection`` is 'tsne' or 'pca'."""
+
+    paths: list[str]
+    ids: np.ndarray
+    xy: np.ndarray
+    cluster: np.ndarray
+    clusters: list[Cluster]
+    projection: str
+
+
+@dataclass
+class Description:
+    """One image as the scoring methods see it: its captions (bank ids and match scores,
+    best first), its caption and image vectors, and where it came from."""
+
+    caption_ids: list[int]
+    caption_scores: list[float]
+    caption_vector: np.ndarray
+    image_vector: np.ndarray
+    label: str  # its absolute path, or "<image>"
+    path: Path | None = None
+    indexed_id: int | None = None
+    pixels: Image.Image | None = None
+
+    def captions(self, texts: list[str]) -> list[Caption]:
+        return [Caption(texts[i], float(s)) for i, s in zip(self.caption_ids, self.caption_scores)]
+
+    def image(self) -> Image.Image:
+        """The decoded image, for the pixel-based baselines."""
+        if self.pixels is None:
+            assert self.path is not None
+            try:
+                self.pixels = decode(self.path).image
+            except BadImage as exc:
+                raise ImgsearchError(f"{self.path}: {exc}") from None
+        return self.pixels
+
+
+RETRIEVAL = ("map", "p@1", "p@5", "p@10")
+
+
+@dataclass
+class Evaluation:
+    """``imgsearch evaluate``: retrieval and pair-decision figures per scoring method."""
+
+    images: int
+    labels: int
+    pairs: int = 0
+    default: str = "caption"
+    methods: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "images": self.images,
+            "labels": self.labels,
+            "pairs": self.pairs,
+            "default": self.default,
+            "methods": self.methods,
+        }
+
+    def table(self) -> str:
+        """A readable report, laid out like the paper's table (metric, threshold, accuracy)."""
+        head = f"{'method':<12}" + "".join(f"{k:>8}" for k in RETRIEVAL)
+        head += f"{'tau':>8}{'acc@tau':>9}{'best tau':>9}{'acc@best':>9}{'auc':>8}"
+        lines = [
+            f"{self.images} images, {self.labels} labels, {self.pairs} pairs "
+            f"(default method: {self.default})",
+            head,
+        ]
+        for method, values in self.methods.items():
+            row = f"{method:<12}"
+            row += "".join(f"{values[k]:>8.4f}" if k in values else f"{'-':>8}" for k in RETRIEVAL)
+            row += f"{values['threshold']:>8.3f}{values['pair_accuracy']:>9.4f}"
+            row += f"{values['best_threshold']:>9.3f}{values['pair_accuracy_best']:>9.4f}"
+            row += f"{values['auc']:>8.4f}"
+            lines.append(row)
+        return "\n".join(lines)
