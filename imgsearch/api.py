@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +22,7 @@ from PIL import Image
 
 from imgsearch import config, indexer, scoring
 from imgsearch.captions import DEFAULT_SETTINGS, CaptionBank, CaptionSettings, bank_digest
-from imgsearch.collection import Collection
+from imgsearch.collection import Collection, MoveStopped
 from imgsearch.derived import Derived
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import relative_path
@@ -54,7 +55,15 @@ DB_NAME = "index.db"
 
 ImageInput = str | os.PathLike | Image.Image
 
-__all__ = ["Index", "Status", "compare_images", "default_db", "find_db", "parse_size"]
+__all__ = [
+    "Index",
+    "MoveStopped",
+    "Status",
+    "compare_images",
+    "default_db",
+    "find_db",
+    "parse_size",
+]
 
 
 def default_db(folder: str | os.PathLike) -> Path:
@@ -140,17 +149,21 @@ class Index:
             raise ImgsearchError(f"{root}: no such folder")
         path = _db_target(db) if db else default_db(root_path)
         store = Store.open(path, create=True)
-        if "model" in store.meta():
-            index = cls(store, device)
-            _check_model(index, model)
-            _check_bank(index, captions)
-            if index.root != root_path:
-                if say:
-                    say(f"index root moves from {index.root} to {root_path}")
-                index._set_root(root_path)
-            return index
-        loaded, bank = _new_index(store, root_path, model, captions, top_n, device, say)
-        return cls(store, device, loaded, bank)
+        if "model" not in store.meta():
+            # The writer lock before anything is written: a second first run stops at once
+            # instead of storing its own caption bank over this one's.
+            with store.writer():
+                if "model" not in store.meta():  # not made meanwhile by a run that just ended
+                    loaded, bank = _new_index(store, root_path, model, captions, top_n, device, say)
+                    return cls(store, device, loaded, bank)
+        index = cls(store, device)
+        _check_model(index, model)
+        _check_bank(index, captions)
+        if index.root != root_path:
+            if say:
+                say(f"index root moves from {index.root} to {root_path}")
+            index._set_root(root_path)
+        return index
 
     def close(self) -> None:
         self.store.close()
@@ -392,7 +405,12 @@ class Index:
     def move_duplicates(self, groups: list[Duplicates], folder: str | os.PathLike) -> list[Moved]:
         """Move every group's ``others`` into ``folder`` (keeping their relative paths),
         never overwriting a file, then bring the index up to date (moves need no model)."""
-        moved = self._collection().move_duplicates(groups, folder)
+        try:
+            moved = self._collection().move_duplicates(groups, folder)
+        except MoveStopped as stopped:
+            if stopped.moved:
+                self.add()  # the index follows the files that did move
+            raise
         if moved:
             self.add()
         return moved
@@ -566,6 +584,7 @@ def _new_index(
             "hybrid_alpha": str(config.HYBRID_ALPHA),
             "root": _stored_root(store, root),
             "created": str(time.time()),
+            "db_id": secrets.token_hex(16),  # what files derived from it are stamped with
             **taus,
             "tau.graph": str(config.GRAPH_TAU[kind]),
         },

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from imgsearch import config, relations, report, scoring
-from imgsearch.api import Index, parse_size
+from imgsearch.api import Index, MoveStopped, parse_size
 from imgsearch.captions import DEFAULT_SETTINGS
 from imgsearch.errors import ImgsearchError
 from imgsearch.projections import PROJECTIONS
@@ -552,7 +552,12 @@ def duplicates(
             used = ix.duplicate_threshold() if threshold is None else threshold
             report.save(html_file, report.duplicates_page(ix, groups, used))
             say(f"wrote {html_file}")
-        moved = ix.move_duplicates(groups, move_to) if move_to is not None else []
+        try:
+            moved = ix.move_duplicates(groups, move_to) if move_to is not None else []
+        except MoveStopped as stopped:
+            for move in stopped.moved:
+                say(f"moved {move.source} -> {move.destination}")
+            raise
     if as_json:
         emit([{"keep": g.keep, "others": g.others, "score": round(g.score, 6)} for g in groups])
     else:

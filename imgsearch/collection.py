@@ -20,6 +20,14 @@ from imgsearch.storage import Store
 from imgsearch.vectors import Vectors
 
 
+class MoveStopped(ImgsearchError):
+    """Moving copies stopped half-way: ``moved`` says what was moved before it."""
+
+    def __init__(self, message: str, moved: list[Moved]):
+        super().__init__(message)
+        self.moved = moved
+
+
 class Collection:
     """One index's images seen together. ``tau(method)`` gives a method's recorded
     threshold; ``graph_tau`` and ``duplicate_threshold`` the graph's and the copies' own."""
@@ -93,15 +101,24 @@ class Collection:
         """Move every group's ``others`` into ``folder`` keeping their relative paths, never
         overwriting a file. The caller brings the index up to date."""
         target = Path(folder).expanduser().resolve()
-        moved = []
+        moved: list[Moved] = []
         for group in groups:
             for other in group.others:
                 source = Path(other)
                 if not source.is_file():
                     continue
                 destination = free_path(target / source.relative_to(self.root))
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(source, destination)
+                try:
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(source, destination)
+                except OSError as exc:
+                    reason = exc.strerror or str(exc)
+                    where = exc.filename or destination
+                    raise MoveStopped(
+                        f"stopped moving copies: cannot move {source} to {destination} "
+                        f"({where}: {reason}); {len(moved)} moved before it, the index follows",
+                        moved,
+                    ) from None
                 moved.append(Moved(str(source), str(destination)))
         return moved
 

@@ -2,17 +2,20 @@
 
 The collection's mean vectors and each scoring method's search index are saved beside a
 SQLite file (for a database URL: in the cache folder, one subfolder per database), each
-stamped with the database's generation: a counter every write transaction bumps. A file
-whose stamp differs, or that cannot be read, is rebuilt; one that cannot be written is kept
-in memory only. In memory, everything here is forgotten when the generation moves on.
+stamped with the database's identity (a random id it gets when it is made) and its
+generation (a counter every write transaction bumps), and checksummed. A file whose stamp
+or checksum differs, or that cannot be read, is rebuilt; one that cannot be written is
+kept in memory only. In memory, everything here is forgotten when the generation moves on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -49,6 +52,14 @@ class Derived:
             self._memo.clear()
         self._generation = current
         return changed
+
+    def stamp(self) -> str:
+        """Which database, at which generation: a new database (say, the old file deleted
+        and the folder indexed again) never takes another's files as its own, even at the
+        same generation number. Indexes made before the id existed use their creation time."""
+        meta = self.store.meta()
+        identity = meta.get("db_id") or meta.get("created", "")
+        return f"{identity}:{self.store.generation()}"
 
     def memo(self, key: str, make: Callable[[], T]) -> T:
         """``make()``'s result, kept until the database changes."""
@@ -98,14 +109,11 @@ class Derived:
         return self.memo("means", lambda: self._load_means(caption_dim))
 
     def _load_means(self, caption_dim: int) -> dict[str, np.ndarray]:
-        stamp = self.store.generation()
+        stamp = self.stamp()
         path = self.path("means.npz")
-        try:
-            with np.load(path) as saved:
-                if str(saved["stamp"]) == stamp:
-                    return {"caption": saved["caption"], "image": saved["image"]}
-        except (OSError, ValueError, KeyError):
-            pass
+        saved = _read_means(path, stamp)
+        if saved is not None:
+            return saved
         means = {}
         for name in ("caption", "image"):
             # A page at a time, summed row by row: numpy's own order for a column mean, so
@@ -119,7 +127,8 @@ class Derived:
             means[name] = mean.astype(np.float32)
         with contextlib.suppress(OSError):
             temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-            np.savez(temporary, stamp=np.array(stamp), **means)
+            digest = _digest(stamp, means)
+            np.savez(temporary, stamp=np.array(stamp), digest=np.array(digest), **means)
             os.replace(temporary, path)
         return means
 
@@ -137,7 +146,7 @@ class Derived:
         def load() -> VectorIndex:
             # The generation is read before the vectors: a change in between makes the
             # saved file look stale (rebuilt next time), never current with old contents.
-            stamp = json.dumps([self.store.generation(), *tags])
+            stamp = json.dumps([self.stamp(), *tags])
             path = self.path(f"{name}.vix")
             try:
                 index = VectorIndex.load(path)
@@ -150,3 +159,26 @@ class Derived:
             return index
 
         return self.memo(f"index:{name}", load)
+
+
+def _digest(stamp: str, means: dict[str, np.ndarray]) -> str:
+    """A checksum of a means file's contents: a damaged or edited file is rebuilt."""
+    digest = hashlib.sha256(stamp.encode())
+    for name in sorted(means):
+        array = np.ascontiguousarray(means[name], dtype=np.float32)
+        digest.update(name.encode() + str(array.shape).encode() + array.tobytes())
+    return digest.hexdigest()
+
+
+def _read_means(path: Path, stamp: str) -> dict[str, np.ndarray] | None:
+    """The saved means when the file is whole, current and unedited; else None."""
+    try:
+        data = path.read_bytes()
+        with np.load(io.BytesIO(data)) as saved:
+            if str(saved["stamp"]) != stamp:
+                return None
+            means = {"caption": saved["caption"], "image": saved["image"]}
+            digest = str(saved["digest"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    return means if digest == _digest(stamp, means) else None
