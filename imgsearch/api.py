@@ -243,13 +243,27 @@ class Index:
         only = None if files is None else _listed(self.root, files)
         with self.store.writer():
             summary = indexer.update(self.root, self.store, runner, only, on_skip, progress)
-        self.derived.clear()
+            self.derived.clear()
+            if summary.added or summary.updated or summary.moved or summary.removed:
+                self._calibrate()
         if (summary.added or summary.updated or summary.moved or summary.removed) and (
             self.store.count()
         ):
             self.vectors.index(config.DEFAULT_METHOD)  # built now, so the first query is quick
         summary.seconds = time.perf_counter() - start
         return summary
+
+    def _calibrate(self) -> None:
+        """Record each vector method's tau as this collection's scores set it (see
+        ``Method.calibrate``), so any model gets a sensible threshold with no labels."""
+        taus = {}
+        for method in scoring.names(ranking=True):
+            tau = self.vectors.calibrated_tau(method)
+            if tau is not None:
+                taus[f"tau.{method}"] = str(tau)
+        if taus:
+            self.store.set_meta(taus)
+            self.meta.update(taus)
 
     def remove(self, path: str | os.PathLike) -> int:
         """Drop a file or a folder from the index (the files themselves are untouched)."""

@@ -269,15 +269,19 @@ def query(
         else:
             shared = explain or bool(html_file)  # a report always explains
             hits = ix.query(list(images), k=k, under=under, explain=shared, method=method)
+        tau = ix.tau(method)  # a text query is a caption-space score too
         if html_file is not None:
             report.save(html_file, report.query_page(ix, hits, images, text))
             say(f"wrote {html_file}")
+    if hits and hits[0].score < tau:
+        say(f"no photo matches well: best {hits[0].score:.2f}, related above {tau:.2f}")
     if as_json:
         emit(
             [
                 {
                     "path": h.path,
                     "score": round(h.score, 6),
+                    "related": h.score >= tau,
                     **({"shared": h.shared} if explain else {}),
                 }
                 for h in hits
@@ -357,6 +361,12 @@ def parse_methods(text: str | None) -> list[str]:
     type=float,
     help="Threshold for the default method's pair decisions (default: the one the index records).",
 )
+@click.option(
+    "--text-queries",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also measure text queries: a CSV of path,caption (each caption describes that photo); "
+    "reports R@1 and R@10.",
+)
 @device_option
 @click.option("-q", "--quiet", is_flag=True)
 @json_option
@@ -367,6 +377,7 @@ def evaluate(
     captions: Path | None,
     methods: str | None,
     tau: float | None,
+    text_queries: Path | None,
     device: str,
     quiet: bool,
     as_json: bool,
@@ -385,6 +396,7 @@ def evaluate(
         tau=tau,
         say=None if quiet else say,
         progress=not quiet,
+        text_queries=text_queries,
     )
     if as_json:
         emit(report.to_dict())

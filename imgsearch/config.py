@@ -25,6 +25,12 @@ HYBRID_ALPHA = 0.3
 # A fixed size, not a share of this machine's RAM, so an index is the same on every machine.
 INDEX_MEMORY = 4 << 30
 
+# Each `index` run calibrates every vector method's tau on the collection (random pairs
+# of a random sample of CALIBRATE_SAMPLE images) once it has CALIBRATE_MIN images.
+CALIBRATE_MIN = 50
+CALIBRATE_SAMPLE = 2000
+CALIBRATE_PAIRS = 100_000
+
 # The relationship graph links mutual nearest neighbours (each among the other's GRAPH_K
 # nearest) whose hybrid score is at least the graph's tau: precise links that still reach
 # most images (benchmarks/relations_quality.py; offline calibrated on the development set,

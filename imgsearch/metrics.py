@@ -54,6 +54,23 @@ def _read_csv(path: Path, columns: set[str], required: bool) -> list[dict[str, s
         raise ImgsearchError(f"cannot read {path}: {exc}") from None
 
 
+def read_text_queries(path: Path) -> list[tuple[str, str]]:
+    """A text-query file (columns path,caption): each caption describes one photo, whose
+    path is relative to the evaluated folder."""
+    rows = _read_csv(path, {"path", "caption"}, required=True)
+    queries = [(Path(r["path"]).as_posix(), r["caption"].strip()) for r in rows or []]
+    queries = [(p, c) for p, c in queries if p and c]
+    if not queries:
+        raise ImgsearchError(f"{path} lists no text queries")
+    return queries
+
+
+def recall_at(ranks: list[int | None], ks: tuple[int, ...] = (1, 10)) -> dict[str, float]:
+    """The share of queries whose photo is ranked within the first k (None: not found)."""
+    n = len(ranks)
+    return {f"r@{k}": round(sum(1 for r in ranks if r is not None and r <= k) / n, 4) for k in ks}
+
+
 Pairs = list[tuple[str, str, bool]]
 
 

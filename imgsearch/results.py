@@ -255,15 +255,21 @@ class Evaluation:
     pairs: int = 0
     default: str = "caption"
     methods: dict[str, dict[str, float]] = field(default_factory=dict)
+    # With text queries (``evaluate --text-queries``): how many, and R@1 / R@10, the share
+    # whose photo is ranked first / in the first ten.
+    text_queries: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "images": self.images,
             "labels": self.labels,
             "pairs": self.pairs,
             "default": self.default,
             "methods": self.methods,
         }
+        if self.text_queries is not None:
+            out["text_queries"] = self.text_queries
+        return out
 
     def table(self) -> str:
         """A readable report, laid out like the paper's table (metric, threshold, accuracy)."""
@@ -281,4 +287,9 @@ class Evaluation:
             row += f"{values['best_threshold']:>9.3f}{values['pair_accuracy_best']:>9.4f}"
             row += f"{values['auc']:>8.4f}"
             lines.append(row)
+        if self.text_queries is not None:
+            t = self.text_queries
+            lines.append(
+                f"text queries: {t['queries']:.0f}, R@1 {t['r@1']:.4f}, R@10 {t['r@10']:.4f}"
+            )
         return "\n".join(lines)

@@ -477,6 +477,18 @@ class Store:
             return ids, [], np.zeros((0, 0), np.float32)
         return ids, [r[1] for r in rows], np.stack([_vector(r[2]) for r in rows])
 
+    def vectors_for(self, column: str, ids: Sequence[int]) -> np.ndarray:
+        """One vector column of the images ``ids``, in that order (all must exist)."""
+        t = images_table
+        wanted = [int(i) for i in ids]
+        found: dict[int, bytes] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                query = sa.select(t.c.id, t.c[column]).where(t.c.id.in_(part))
+                found.update(conn.execute(query).all())
+        return np.stack([_vector(found[i]) for i in wanted])
+
     def vector_chunks(
         self, columns: Sequence[str], size: int = 32768
     ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:

@@ -54,6 +54,25 @@ class Vectors:
             rows = scoring.Rows(self.store, ids, dict(zip(scorer.columns, stored)))
             yield ids, scorer.vectors(self.context, rows)
 
+    def calibrated_tau(self, method: str) -> float | None:
+        """The method's tau from this collection's own scores (``Method.calibrate``) over
+        random pairs of a random sample of its images; None below ``config.CALIBRATE_MIN``
+        images, too few pairs to tell the unrelated ones' spread."""
+        scorer = scoring.get(method, ranking=True)
+        ids = np.array(sorted(self.store.ids_under("")), dtype=np.int64)
+        if len(ids) < config.CALIBRATE_MIN:
+            return None
+        rng = np.random.default_rng(0)
+        chosen = np.sort(
+            rng.choice(ids, size=min(config.CALIBRATE_SAMPLE, len(ids)), replace=False)
+        )
+        columns = {c: self.store.vectors_for(c, chosen) for c in scorer.columns}
+        vectors = scorer.vectors(self.context, scoring.Rows(self.store, chosen, columns))
+        a = rng.integers(0, len(chosen), config.CALIBRATE_PAIRS)
+        b = rng.integers(0, len(chosen), config.CALIBRATE_PAIRS)
+        a, b = a[a != b], b[a != b]
+        return round(scorer.calibrate(np.einsum("ij,ij->i", vectors[a], vectors[b])), 4)
+
     # --- the search index ---------------------------------------------------
 
     @property
