@@ -143,13 +143,13 @@ def test_auto_starts_a_cluster_that_listens_on_loopback_only(
         workers = held_workers(spread, hold, err, timeout=180)
         root = psutil.Process(spread.pid)
         sockets = listening([root, *root.children(recursive=True)])
-        names = {name for name, _, _ in sockets.values()}
+        names = {name for name, _ in sockets.values()}
         assert {"gcs_server", "raylet"} <= names, f"the run started no cluster of its own: {names}"
         assert workers <= sockets.keys(), "the model workers were not seen listening"
         outside = [
-            f"{name} (pid {pid}) on {ip}"
-            for pid, (name, ips, _) in sockets.items()
-            for ip in ips
+            f"{name} (pid {pid}) on {ip} port {port}"
+            for pid, (name, bound) in sockets.items()
+            for ip, port in bound
             if not loopback(ip)
         ]
         assert outside == []
@@ -185,8 +185,8 @@ def held_workers(run: subprocess.Popen, hold: Path, stderr: Path, timeout: float
     pytest.fail(f"no model worker reached its first batch within {timeout:g} s")
 
 
-def listening(processes: list[psutil.Process]) -> dict[int, tuple[str, list[str], list[int]]]:
-    """pid: (name, addresses, ports) of each process that has a listening TCP socket."""
+def listening(processes: list[psutil.Process]) -> dict[int, tuple[str, list[tuple[str, int]]]]:
+    """pid: (name, [(address, port)]) of each process with a listening TCP socket."""
     found = {}
     for process in processes:
         try:
@@ -195,7 +195,7 @@ def listening(processes: list[psutil.Process]) -> dict[int, tuple[str, list[str]
         except psutil.NoSuchProcess:
             continue  # a short-lived task worker that ended meanwhile
         if bound:
-            found[process.pid] = (name, [a.ip for a in bound], [a.port for a in bound])
+            found[process.pid] = (name, [(a.ip, a.port) for a in bound])
     return found
 
 
