@@ -7,10 +7,10 @@ One command, re-runnable::
 
 Same photos, same model, same process: the single-process indexer (``Index.add()``), then
 the Ray indexer (``Index.add(ray='auto', ray_workers=W)``) on a local cluster for each W in
-``--workers``. A model worker on a CPU holds one CPU and runs the model on one thread, and
-the decode tasks need at least one more, so the cluster for W workers has W + 1 logical
-CPUs (on a 2-core machine, 2 workers share the cores with the decoding, as the single
-process's threads do).
+``--workers``, listening on 127.0.0.1 only as imgsearch's own. A model worker on a CPU holds
+one CPU and runs the model on one thread, and the decode tasks need at least one more, so
+the cluster for W workers has W + 1 logical CPUs (on a 2-core machine, 2 workers share the
+cores with the decoding, as the single process's threads do).
 
 Figures, each the best of ``--repeat`` runs into a fresh database:
 
@@ -200,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict] = []
     try:
         from imgsearch.api import Index
+        from imgsearch.distributed import start_local_cluster
 
         start = time.perf_counter()
         with Index.create(warm_root, runs / "load.db", model_arg, device=args.device) as first:
@@ -228,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # CPU: each model worker holds a CPU and the decoding needs one more; GPU: one
             # worker per GPU, all cores for decoding.
             cpus = usable_cores() if args.device == "cuda" else workers + 1
-            ray.init(
+            start_local_cluster(
+                ray,
                 num_cpus=cpus,
                 num_gpus=workers if args.device == "cuda" else 0,
                 include_dashboard=False,

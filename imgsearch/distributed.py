@@ -17,11 +17,13 @@ the run stops; the next run goes on from there.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 import os
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ RETRIES = 3  # per decode task and per model worker: enough for lost nodes, not 
 DECODE_BATCH = 8  # files per decode call
 MAX_BLOCKS = 4096  # decode tasks at most, however many files
 KILL_ENV = "IMGSEARCH_RAY_TEST_KILL"
+HOLD_ENV = "IMGSEARCH_RAY_TEST_HOLD"
 _COLUMNS = ("path", "size", "mtime_ns", "hash", "width", "height", "error")
 
 
@@ -72,8 +75,8 @@ def connected(address: str) -> Iterator[Any]:
     """Ray, connected to ``address`` ('auto', 'HOST:PORT' or 'ray://HOST:PORT').
 
     'auto' joins the cluster this machine belongs to (``ray start``, or $RAY_ADDRESS) and
-    starts a local one where there is none. A process already connected keeps its connection
-    for 'auto'; a connection made here is closed at the end.
+    starts a local one, on loopback only, where there is none. A process already connected
+    keeps its connection for 'auto'; a connection made here is closed at the end.
     """
     ray = require_ray()
     if ray.is_initialized():
@@ -91,14 +94,15 @@ def connected(address: str) -> Iterator[Any]:
         # Ray's core logs warnings meant for its developers straight to stderr (a model
         # worker's restart arguments, for one); failures still reach the user as errors.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    options = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": debug}
     try:
         with contextlib.nullcontext() if debug else _quiet_stderr():  # init's own notes
-            ray.init(
-                address=None if address == AUTO else address,
-                include_dashboard=False,
-                logging_level=logging.ERROR,
-                log_to_driver=debug,
-            )
+            if address == AUTO and not _cluster_to_join():
+                start_local_cluster(ray, **options)
+            else:
+                ray.init(address=None if address == AUTO else address, **options)
+    except ImgsearchError:
+        raise
     except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
         reason = _line(exc)
         if address != AUTO and not os.environ.get("RAY_AUTH_MODE"):
@@ -110,6 +114,39 @@ def connected(address: str) -> Iterator[Any]:
             yield ray
     finally:
         ray.shutdown()
+
+
+def _cluster_to_join() -> bool:
+    """Whether ray.init() would join a cluster rather than start one: Ray's own look-up, the
+    same one init makes ($RAY_ADDRESS, else the address a ``ray start`` here left)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    return bool(os.environ.get("RAY_ADDRESS")) or canonicalize_bootstrap_address(None) is not None
+
+
+def start_local_cluster(ray: Any, **init: Any) -> None:  # noqa: ANN401 - the ray module
+    """``ray.init`` for a new cluster on this machine whose processes all listen on loopback.
+
+    Ray gives a new node the machine's network address and its servers listen there or on
+    all addresses; ``_node_ip_address='127.0.0.1'`` is turned into that address too. A node on
+    127.0.0.1 keeps every server on loopback. Ray's switch for it is
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the default on macOS and Windows), read once when
+    ray is imported, hence the constant it sets; checked after the start.
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", **init)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+    node = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node).is_loopback:
+        ray.shutdown()
+        raise ImgsearchError(
+            f"Ray {ray.__version__} started its local cluster on {node}, not on 127.0.0.1"
+        )
 
 
 @contextlib.contextmanager
@@ -181,6 +218,17 @@ def _die_if_armed(stage: str) -> None:
     os._exit(1)
 
 
+def _hold_if_asked() -> None:
+    """Test hook: where $IMGSEARCH_RAY_TEST_HOLD names a file, announce this model worker (the
+    file FILE.PID) and wait while FILE exists, so that a test sees the run's processes at work."""
+    hold = os.environ.get(HOLD_ENV)
+    if not hold:
+        return
+    Path(f"{hold}.{os.getpid()}").touch()
+    while os.path.exists(hold):
+        time.sleep(0.1)
+
+
 def decode_batch(batch: dict[str, np.ndarray], root: str, preprocess: Preprocess) -> dict:
     """Ray decode task: file paths in, uint8 crops and file facts out (bad files flagged)."""
     loaded = [load_pixels(Path(root) / str(path), preprocess) for path in batch["path"]]
@@ -215,6 +263,7 @@ class ModelWorker:
         self.top = min(self.settings.top_n, len(texts))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        _hold_if_asked()
         good = [i for i, error in enumerate(batch["error"]) if not error]
         items = [
             Loaded(

@@ -3,20 +3,26 @@ processes that die mid-run, lists of files, and the errors a user can meet."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from click.testing import CliRunner
 
 from imgsearch.captions import DEFAULT_SETTINGS
 from imgsearch.cli import main
-from imgsearch.distributed import KILL_ENV
+from imgsearch.distributed import HOLD_ENV, KILL_ENV, start_local_cluster
 from imgsearch.models import preprocess_for as model_preprocess
 from imgsearch.storage import Store
 from tests.conftest import sample
@@ -26,15 +32,16 @@ IMGSEARCH = str(Path(sys.executable).with_name("imgsearch"))
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A local Ray cluster of 2 CPUs for the module. Yields the folder where a test arms a
-    worker's death (see distributed._die_if_armed)."""
+    """A local Ray cluster of 2 CPUs for the module, on loopback as imgsearch's own. Yields the
+    folder where a test arms a worker's death (see distributed._die_if_armed)."""
     try:
         import ray
         import ray.data  # noqa: F401
     except ImportError:
         pytest.fail("Ray is not installed: pip install -e '.[test]' (the test extra has Ray)")
     kill = tmp_path_factory.mktemp("ray-kill")
-    ray.init(
+    start_local_cluster(
+        ray,
         num_cpus=2,
         include_dashboard=False,
         logging_level="ERROR",
@@ -85,12 +92,20 @@ def test_ray_stores_what_one_process_stores_even_when_workers_die(
     assert single == spread
     assert (spread["added"], [s["path"] for s in spread["skipped"]]) == (9, ["broken.jpg"])
 
-    # Exactly one row per file, and every caption row belongs to one.
-    assert rows(distributed) == {p: 1 for p in rows(one)} and len(rows(one)) == 9
+    assert_same_index(one, distributed, small_bank, 9)
+
+    again = index(photos, distributed, tiny_clip, small_bank, "--ray")  # nothing changed
+    assert (again["added"], again["unchanged"], again["removed"]) == (0, 9, 0)
+
+
+def assert_same_index(one: Path, distributed: Path, bank: Path, images: int) -> None:
+    """The Ray run's database holds what the single-process run's does: one row per file,
+    every caption row belonging to one, the same captions, vectors equal to 1e-4."""
+    assert rows(distributed) == {p: 1 for p in rows(one)} and len(rows(one)) == images
     with sqlite3.connect(distributed) as conn:
         per_image = conn.execute("SELECT COUNT(*) FROM image_captions GROUP BY image_id").fetchall()
-    top_n = min(DEFAULT_SETTINGS.top_n, len(small_bank.read_text().splitlines()))
-    assert [n for (n,) in per_image] == [top_n] * 9
+    top_n = min(DEFAULT_SETTINGS.top_n, len(bank.read_text().splitlines()))
+    assert [n for (n,) in per_image] == [top_n] * images
 
     a, b = Store.open(one), Store.open(distributed)
     try:
@@ -107,8 +122,89 @@ def test_ray_stores_what_one_process_stores_even_when_workers_die(
         a.close()
         b.close()
 
-    again = index(photos, distributed, tiny_clip, small_bank, "--ray")  # nothing changed
-    assert (again["added"], again["unchanged"], again["removed"]) == (0, 9, 0)
+
+def test_auto_starts_a_cluster_that_listens_on_loopback_only(
+    photos: Path, tiny_clip: Path, small_bank: Path, tmp_path: Path
+) -> None:
+    one, distributed = tmp_path / "one.db", tmp_path / "ray.db"
+    single = index(photos, one, tiny_clip, small_bank, "--batch-size", 3)
+    # A fresh process (this one may hold a Ray connection) whose Ray folder is its own, so no
+    # cluster is there to join; the folder is short, as Ray's socket paths live below it.
+    ray_tmp = tempfile.mkdtemp(prefix="imgsearch-ray-")
+    hold = tmp_path / "hold"  # model workers wait at their first batch while it exists
+    hold.touch()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"RAY_TMPDIR": ray_tmp, HOLD_ENV: str(hold)}
+    args = ["--db", distributed, "--model", tiny_clip, "--captions", small_bank, "--batch-size", 3]
+    command = [IMGSEARCH, "index", photos, *args, "-q", "--json", "--ray"]
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        spread = subprocess.Popen([str(c) for c in command], env=env, stdout=stdout, stderr=stderr)
+    try:
+        workers = held_workers(spread, hold, err, timeout=180)
+        root = psutil.Process(spread.pid)
+        sockets = listening([root, *root.children(recursive=True)])
+        names = {name for name, _ in sockets.values()}
+        assert {"gcs_server", "raylet"} <= names, f"the run started no cluster of its own: {names}"
+        assert workers <= sockets.keys(), "the model workers were not seen listening"
+        outside = [
+            f"{name} (pid {pid}) on {ip} port {port}"
+            for pid, (name, bound) in sockets.items()
+            for ip, port in bound
+            if not loopback(ip)
+        ]
+        assert outside == []
+
+        hold.unlink()
+        assert spread.wait(timeout=180) == 0, err.read_text()
+    finally:
+        hold.unlink(missing_ok=True)
+        if spread.poll() is None:
+            spread.kill()
+            spread.wait(timeout=60)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    summary = json.loads(out.read_text())
+    del single["seconds"], summary["seconds"]
+    assert summary == single and summary["added"] == 8
+    assert_same_index(one, distributed, small_bank, 8)
+
+
+def held_workers(run: subprocess.Popen, hold: Path, stderr: Path, timeout: float) -> set[int]:
+    """The pids of the model workers waiting at their first batch (distributed._hold_if_asked);
+    fails if none comes within ``timeout`` seconds or the run ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = {int(p.suffix[1:]) for p in hold.parent.glob(f"{hold.name}.*")}
+        if pids:
+            return pids
+        if run.poll() is not None:
+            pytest.fail(
+                f"the run ended ({run.returncode}) before a model worker was seen: "
+                f"{stderr.read_text()}"
+            )
+        time.sleep(0.2)
+    pytest.fail(f"no model worker reached its first batch within {timeout:g} s")
+
+
+def listening(processes: list[psutil.Process]) -> dict[int, tuple[str, list[tuple[str, int]]]]:
+    """pid: (name, [(address, port)]) of each process with a listening TCP socket."""
+    found = {}
+    for process in processes:
+        try:
+            name = process.name()
+            bound = [c.laddr for c in process.net_connections("inet") if c.status == "LISTEN"]
+        except psutil.NoSuchProcess:
+            continue  # a short-lived task worker that ended meanwhile
+        if bound:
+            found[process.pid] = (name, [(a.ip, a.port) for a in bound])
+    return found
+
+
+def loopback(ip: str) -> bool:
+    """127.0.0.0/8 or ::1 (0.0.0.0 and :: are not); an IPv4-mapped IPv6 address, the form
+    gRPC servers on 127.0.0.1 show, by its IPv4 address."""
+    address = ipaddress.ip_address(ip.split("%")[0])
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
 def test_files_from_limits_the_run_and_keeps_unlisted_files(
