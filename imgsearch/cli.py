@@ -12,6 +12,7 @@ import click
 from imgsearch import config, relations, report
 from imgsearch.api import Index, parse_size
 from imgsearch.errors import ImgsearchError
+from imgsearch.storage import is_disk_full
 
 # --db: a SQLite file path, or a database URL (anything with '://') kept as text.
 Db = Path | str | None
@@ -96,6 +97,13 @@ class Group(click.Group):
         except Exception as exc:  # noqa: BLE001 - never a traceback for the user
             if os.environ.get("IMGSEARCH_DEBUG"):
                 raise
+            if is_disk_full(exc):
+                where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+                say(
+                    f"error{where}: {exc.strerror} (the disk is full); the index is intact: "
+                    "free some space and run the command again"
+                )
+                ctx.exit(1)
             say(f"error: {type(exc).__name__}: {exc} (set IMGSEARCH_DEBUG=1 for details)")
             ctx.exit(1)
 
