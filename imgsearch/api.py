@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from imgsearch.captions import (
 )
 from imgsearch.errors import ImgsearchError
 from imgsearch.evaluate import Evaluation, read_labels, read_pairs
-from imgsearch.files import BadImage, decode
+from imgsearch.files import OVER_LIMIT, BadImage, Limits, decode, shown, valid_name
 from imgsearch.indexer import IndexSummary, Skipped, embed_files, plan
 from imgsearch.search import Caption, Hit, VectorIndex, needs_compression
 from imgsearch.storage import Store, is_url
@@ -286,7 +287,7 @@ class Index:
             summary = IndexSummary(unchanged=todo.unchanged, moved=todo.moved)
             summary.skipped.extend(todo.known_bad)
             missing = [Skipped(p, "listed, but no image file is there") for p in todo.absent]
-            for skip in missing:
+            for skip in todo.passed + missing:
                 summary.skipped.append(skip)
                 if on_skip is not None:
                     on_skip(skip)
@@ -309,6 +310,7 @@ class Index:
                     device=self.device,
                     on_skip=on_skip,
                     progress=progress,
+                    limits=self.limits,
                 )
             elif todo.embed:
                 stored, skipped = embed_files(
@@ -322,6 +324,7 @@ class Index:
                     workers=workers,
                     on_skip=on_skip,
                     progress=progress,
+                    limits=self.limits,
                 )
             if todo.embed:
                 summary.skipped.extend(skipped)
@@ -816,6 +819,47 @@ class Index:
         return image.shape[1] + (caption if method == "hybrid" else 0)
 
     @property
+    def limits(self) -> Limits:
+        """What one image may cost (file size, decoded pixels, aspect ratio): recorded by
+        ``set_limits`` (``imgsearch index --max-pixels ...``), for indexing, queries and
+        uploads alike; the defaults where none were."""
+        default = Limits()
+        return Limits(
+            int(self.meta.get("max_pixels", default.max_pixels)),
+            float(self.meta.get("max_aspect", default.max_aspect)),
+            int(self.meta.get("max_file_size", default.max_file_size)),
+        )
+
+    def set_limits(
+        self,
+        max_pixels: int | None = None,
+        max_aspect: float | None = None,
+        max_file_size: int | None = None,
+    ) -> Limits:
+        """Record new limits (None keeps one as it is). Files skipped for a limit before are
+        tried again by the next ``add``."""
+        current = self.limits
+        wanted = Limits(
+            current.max_pixels if max_pixels is None else int(max_pixels),
+            current.max_aspect if max_aspect is None else float(max_aspect),
+            current.max_file_size if max_file_size is None else int(max_file_size),
+        )
+        if wanted.max_pixels < 1 or wanted.max_file_size < 1:
+            raise ImgsearchError("--max-pixels and --max-file-size must be positive")
+        if not (math.isfinite(wanted.max_aspect) and wanted.max_aspect >= 1):
+            raise ImgsearchError(f"--max-aspect must be a number of 1 or more, not {max_aspect}")
+        if wanted != current:
+            values = {
+                "max_pixels": str(wanted.max_pixels),
+                "max_aspect": repr(wanted.max_aspect),
+                "max_file_size": str(wanted.max_file_size),
+            }
+            self.store.set_meta(values)
+            self.meta.update(values)
+            self.store.forget_skipped_reason(OVER_LIMIT)
+        return wanted
+
+    @property
     def index_memory(self) -> int:
         """The memory budget of the search index, in bytes: where the flat vectors would
         exceed it, the compressed kind is built (see ``set_index_memory``)."""
@@ -912,7 +956,7 @@ class Index:
                         record.id,
                     )
             try:
-                image = decode(path).image
+                image = decode(path, limits=self.limits).image
             except BadImage as exc:
                 raise ImgsearchError(f"{image}: {exc}") from None
         vectors = self.model.encode_images(self.model.preprocess(image)[None])
@@ -934,7 +978,8 @@ class Index:
         outside: list[str] = []
         for entry in files:
             path = Path(entry).expanduser()
-            relative = self._relative(self.root / path, must_exist=False)
+            # A name that is not UTF-8 goes on: the run skips it with a line of its own.
+            relative = self._relative(self.root / path, must_exist=False, check_name=False)
             if relative:
                 only.add(relative)
             else:
@@ -946,8 +991,13 @@ class Index:
             )
         return only
 
-    def _relative(self, path: Path, must_exist: bool = True) -> str | None:
-        """``path`` relative to the root in POSIX form, or None when it lies outside."""
+    def _relative(self, path: Path, must_exist: bool = True, check_name: bool = True) -> str | None:
+        """``path`` relative to the root in POSIX form, or None when it lies outside.
+        A name that is not valid UTF-8 is one clear error (``check_name``)."""
+        if check_name and not valid_name(str(path)):  # never indexed, and JSON cannot name it
+            raise ImgsearchError(
+                f"{shown(str(path))}: the file name is not valid UTF-8; rename it to use it"
+            )
         if must_exist and not path.exists():
             return None
         try:

@@ -12,6 +12,8 @@ import click
 from imgsearch import config, relations, report
 from imgsearch.api import Index, parse_size
 from imgsearch.errors import ImgsearchError
+from imgsearch.files import Limits
+from imgsearch.indexer import skip_counts
 from imgsearch.storage import is_disk_full
 
 # --db: a SQLite file path, or a database URL (anything with '://') kept as text.
@@ -52,6 +54,33 @@ device_option = click.option(
 def say(message: str) -> None:
     """Notes for the user go to stderr; stdout carries only results."""
     click.echo(f"imgsearch: {message}", err=True)
+
+
+def parse_count(text: str) -> int:
+    """A pixel count: '100M', '2.5M', '500k' or a plain number (decimal units)."""
+    units = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+    number, unit = text.strip().lower().rstrip("px").rstrip(), ""
+    if number[-1:] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        value = 0
+    if not (value >= 1 and value < 1e15):
+        raise ImgsearchError(f"bad pixel count {text!r}: give e.g. 100M or 50000000")
+    return int(value)
+
+
+def parse_aspect(text: str) -> float:
+    """An aspect ratio limit: '50' or '50:1'."""
+    number = text.strip().removesuffix(":1")
+    try:
+        value = float(number)
+    except ValueError:
+        value = 0.0
+    if not (value >= 1 and value < 1e15):
+        raise ImgsearchError(f"bad aspect ratio {text!r}: give e.g. 50 (for 50:1)")
+    return value
 
 
 def shared_text(shared: list[str], most: int = 5) -> str:
@@ -155,6 +184,23 @@ def main() -> None:
     help="Memory budget of the search index, e.g. 4GB or 512MB, kept for later queries "
     "(default: 4GB). Where the vectors would exceed it, a compressed index is built.",
 )
+@click.option(
+    "--max-pixels",
+    metavar="COUNT",
+    help=f"Skip an image that would decode to more pixels, e.g. 100M (after a JPEG's reduced "
+    f"decode; default {Limits().max_pixels // 10**6}M). Kept for later runs, queries and uploads.",
+)
+@click.option(
+    "--max-aspect",
+    metavar="RATIO",
+    help=f"Skip an image longer than this many times its width (or the reverse), e.g. 50 for "
+    f"50:1 (default {Limits().max_aspect:g}). Kept like --max-pixels.",
+)
+@click.option(
+    "--max-file-size",
+    metavar="SIZE",
+    help="Skip a file larger than this, e.g. 1GB or 200MB (default 1GB). Kept like --max-pixels.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-file notes.")
 @json_option
 def index(
@@ -170,12 +216,20 @@ def index(
     ray_workers: int | None,
     files_from: Path | None,
     index_memory: str | None,
+    max_pixels: str | None,
+    max_aspect: str | None,
+    max_file_size: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Index every image in FOLDER (recursively); a re-run only does what changed."""
     files = read_list(files_from) if files_from else None
     budget = parse_size(index_memory) if index_memory is not None else None
+    limits = {
+        "max_pixels": parse_count(max_pixels) if max_pixels is not None else None,
+        "max_aspect": parse_aspect(max_aspect) if max_aspect is not None else None,
+        "max_file_size": parse_size(max_file_size) if max_file_size is not None else None,
+    }
     if ray_address is not None:  # before a new index loads its model
         from imgsearch.distributed import check_address, require_ray
 
@@ -186,6 +240,8 @@ def index(
     with Index.create(folder, db, model, captions, top_n, device, say=None if quiet else say) as ix:
         if budget is not None:
             ix.set_index_memory(budget)
+        if any(v is not None for v in limits.values()):
+            ix.set_limits(**limits)
         summary = ix.add(
             batch_size=batch_size,
             workers=workers,
@@ -205,10 +261,11 @@ def index(
     if as_json:
         emit(summary.to_dict())
         return
+    kinds = f" ({skip_counts(summary.skipped)})" if summary.skipped else ""
     click.echo(
         f"added {summary.added}, updated {summary.updated}, moved {summary.moved}, "
         f"removed {summary.removed}, unchanged {summary.unchanged}, "
-        f"skipped {len(summary.skipped)} in {summary.seconds:.1f} s"
+        f"skipped {len(summary.skipped)}{kinds} in {summary.seconds:.1f} s"
     )
 
 

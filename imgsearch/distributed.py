@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from imgsearch.errors import ImgsearchError
-from imgsearch.files import FileInfo, Pixels, Preprocess, load_pixels
+from imgsearch.files import DEFAULT_LIMITS, FileInfo, Limits, Pixels, Preprocess, load_pixels
 from imgsearch.indexer import BatchWriter, Loaded, Skipped, embed_batch
 
 if TYPE_CHECKING:
@@ -202,9 +202,14 @@ def _die_if_armed(stage: str) -> None:
     os._exit(1)
 
 
-def decode_batch(batch: dict[str, np.ndarray], root: str, preprocess: Preprocess) -> dict:
+def decode_batch(
+    batch: dict[str, np.ndarray],
+    root: str,
+    preprocess: Preprocess,
+    limits: Limits = DEFAULT_LIMITS,
+) -> dict:
     """Ray decode task: file paths in, uint8 crops and file facts out (bad files flagged)."""
-    loaded = [load_pixels(Path(root) / str(path), preprocess) for path in batch["path"]]
+    loaded = [load_pixels(Path(root) / str(path), preprocess, limits) for path in batch["path"]]
     blank = np.zeros((preprocess.crop, preprocess.crop, 3), np.uint8)
     _die_if_armed("decode")
     return {
@@ -279,6 +284,7 @@ def embed_files_ray(
     device: str | None = None,
     on_skip: Callable[[Skipped], None] | None = None,
     progress: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[int, list[Skipped]]:
     """``embed_files`` on a Ray cluster: the same records, stored here. Returns (stored,
     skipped). ``preprocess`` may be a function, called only when the model's config cannot
@@ -299,7 +305,7 @@ def embed_files_ray(
             warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
             data = data.map_batches(
                 decode_batch,
-                fn_kwargs={"root": str(root), "preprocess": preprocess},
+                fn_kwargs={"root": str(root), "preprocess": preprocess, "limits": limits},
                 batch_size=DECODE_BATCH,
                 batch_format="numpy",
                 num_cpus=1,
