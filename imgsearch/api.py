@@ -430,6 +430,7 @@ class Index:
     ) -> Comparison:
         """One pair under every scoring method, the verdict at each method's tau, and the
         captions the two images share. ``tau`` overrides the default method's threshold."""
+        tau = check_score(tau)
         for method in methods:
             _check_method(method)
         first, second = self.describe(a), self.describe(b)
@@ -471,7 +472,7 @@ class Index:
         """Leave-one-out retrieval and pair decisions over the labeled images, per method."""
         from imgsearch.evaluate import evaluate_index
 
-        return evaluate_index(self, labels, pairs, methods, tau)
+        return evaluate_index(self, labels, pairs, methods, check_score(tau))
 
     def method_vectors(self, method: str) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Every image's (id, path, vector) for a vector method: inner products are its scores."""
@@ -552,6 +553,7 @@ class Index:
         With ``method`` and no ``tau``, that method's recorded tau applies.
         ``k=None`` keeps every pair at or above tau.
         """
+        tau = check_score(tau)
         if k is not None and k < 1:
             raise ImgsearchError("--k must be at least 1")
         if method is None:
@@ -578,6 +580,7 @@ class Index:
         ``tau``: the connected components of the relationship graph at tau (see ``graph``;
         an image with no edge is a cluster of one). Every image is in exactly one cluster.
         """
+        tau = check_score(tau)
         if k is not None and tau is not None:
             raise ImgsearchError("give --k or --tau, not both")
         _check_method(method, config.VECTOR_METHODS)
@@ -603,6 +606,7 @@ class Index:
     def duplicates(self, threshold: float | None = None) -> list[Duplicates]:
         """Near-duplicate groups (resized, re-encoded, cropped, mirrored copies) by image
         vectors, the one to keep (most pixels) first. Nothing on disk is touched."""
+        threshold = check_score(threshold, "threshold", 0.0, 1.0, low_open=True)
         if threshold is None:
             threshold = config.duplicate_threshold(self.model_name)
         ids, paths, vectors = self.store.vectors("image_vector")
@@ -653,6 +657,7 @@ class Index:
             )
         if k < 1:
             raise ImgsearchError("-k must be at least 1")
+        min_pair = check_score(min_pair, "min-pair")
         item = self._relative(Path(query))
         if item is None or not Path(query).is_dir() or "/" in item or not item:
             raise ImgsearchError(f"{query} is not a folder directly inside {self.root}")
@@ -1183,6 +1188,30 @@ def _stored_root(store: Store, root: Path) -> str:
     return os.path.relpath(root, store.path.parent.resolve())
 
 
+def check_score(
+    value: float | None,
+    name: str = "tau",
+    low: float = -1.0,
+    high: float = 1.0,
+    low_open: bool = False,
+) -> float | None:
+    """A score threshold (tau, min-pair, the duplicates threshold) as a float, or one clear
+    ImgsearchError: a finite number from ``low`` to ``high`` (above ``low`` with
+    ``low_open``). Scores are cosines, and centred ones are negative for unrelated photos;
+    NaN would compare false with everything, inf link nothing. None passes as None."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    above = number > low if low_open else number >= low
+    if not (math.isfinite(number) and above and number <= high):
+        span = f"above {low:g} and at most {high:g}" if low_open else f"from {low:g} to {high:g}"
+        raise ImgsearchError(f"{name} must be a finite number {span}, not {value}".lstrip())
+    return number
+
+
 def _check_method(method: str, allowed: Sequence[str] = config.METHODS) -> None:
     if method not in allowed:
         raise ImgsearchError(f"unknown method {method!r}: use one of {', '.join(allowed)}")
@@ -1200,6 +1229,7 @@ def evaluate_folder(
     captions: str | os.PathLike | None = None,
 ) -> Evaluation:
     """Index a labeled folder (incrementally), then measure every scoring method on it."""
+    check_score(tau)
     labels = read_labels(Path(folder))
     pairs = read_pairs(Path(folder))
     with Index.create(folder, db, model, captions, device=device, say=say) as index:
@@ -1221,6 +1251,7 @@ def compare_images(
     say: Callable[[str], None] | None = None,
 ) -> Comparison:
     """Compare two images with an index's model and bank; with no index, a throwaway one."""
+    check_score(tau)
     if db is not None:
         with Index.open(db, model=model, device=device) as index:
             return index.compare(a, b, methods, tau)

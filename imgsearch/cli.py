@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from imgsearch import config, relations, report
-from imgsearch.api import Index, parse_size
+from imgsearch.api import Index, check_score, parse_size
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import Limits
 from imgsearch.indexer import skip_counts
@@ -54,6 +54,35 @@ device_option = click.option(
 def say(message: str) -> None:
     """Notes for the user go to stderr; stdout carries only results."""
     click.echo(f"imgsearch: {message}", err=True)
+
+
+class BadValue(click.BadParameter):
+    """A bad option value: one line on stderr and exit 2 (click's usage errors take three)."""
+
+    def show(self, file: object = None) -> None:
+        say(f"error: {self.format_message()}")
+
+
+class Score(click.ParamType):
+    """A score threshold: a finite number from -1 to 1 (centred scores of unrelated photos
+    are negative), or with ``low_open`` above ``low``. Every --tau, --min-pair and
+    --threshold takes one; the API checks the same (``check_score``)."""
+
+    name = "score"
+
+    def __init__(self, low: float = -1.0, high: float = 1.0, low_open: bool = False):
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        if isinstance(value, float):
+            return value
+        try:
+            return check_score(value, "", self.low, self.high, self.low_open)
+        except ImgsearchError as exc:
+            raise BadValue(str(exc), ctx=ctx, param=param) from None
+
+
+SCORE = Score()
 
 
 def parse_count(text: str) -> int:
@@ -402,8 +431,9 @@ def parse_methods(text: str) -> list[str]:
 @methods_option
 @click.option(
     "--tau",
-    type=float,
-    help="Threshold for the default method's pair decisions (default: the one the index records).",
+    type=SCORE,
+    help="Threshold for the default method's pair decisions, from -1 to 1 (default: the one "
+    "the index records).",
 )
 @device_option
 @click.option("-q", "--quiet", is_flag=True)
@@ -446,7 +476,7 @@ def evaluate(
 @db_option
 @click.option("--model", help="Model when no index is found (default: as for 'index').")
 @methods_option
-@click.option("--tau", type=float, help="Threshold for the default method's verdict.")
+@click.option("--tau", type=SCORE, help="Threshold for the default method's verdict (-1 to 1).")
 @device_option
 @json_option
 def compare(
@@ -488,7 +518,9 @@ method_option = click.option(
 
 @main.command()
 @click.option(
-    "--tau", type=float, help="Edge threshold (default: the graph's own, or the tau of --method)."
+    "--tau",
+    type=SCORE,
+    help="Edge threshold, from -1 to 1 (default: the graph's own, or the tau of --method).",
 )
 @click.option(
     "--method",
@@ -553,7 +585,7 @@ def graph(
 
 @main.command()
 @click.option("--k", "k", type=int, help=f"k-means clusters (default {config.CLUSTERS_K}).")
-@click.option("--tau", type=float, help="Instead of k-means: components of the tau graph.")
+@click.option("--tau", type=SCORE, help="Instead of k-means: components of the tau graph.")
 @method_option
 @db_option
 @html_option
@@ -579,8 +611,9 @@ def clusters(
 @main.command()
 @click.option(
     "--threshold",
-    type=float,
-    help="Image-vector cosine for copies (default: the model's calibrated value).",
+    type=Score(0.0, 1.0, low_open=True),
+    help="Image-vector cosine for copies, above 0 and at most 1 (default: the model's "
+    "calibrated value).",
 )
 @click.option(
     "--move-to",
@@ -629,7 +662,7 @@ def duplicates(
     show_default=True,
     help="How the two sets are matched.",
 )
-@click.option("--min-pair", type=float, help="Only matches scoring at least this count.")
+@click.option("--min-pair", type=SCORE, help="Only matches scoring at least this count.")
 @click.option("--top-m", type=int, help="Average only the best m matches.")
 @click.option(
     "--score",
