@@ -1237,7 +1237,16 @@ def evaluate_folder(
             progress=progress,
             on_skip=(lambda s: say(f"skipped {s.path}: {s.reason}")) if say else None,
         )
-        return index.evaluate(labels, pairs, methods, tau)
+        report = index.evaluate(labels, pairs, methods, tau)
+        if say:
+            for path in report.missing:
+                where = index.root / path
+                why = "no such file" if not where.exists() else "not indexed"
+                if not where.resolve().is_relative_to(index.root):
+                    why = "outside the folder"
+                line = getattr(labels, "lines", {}).get(path, "?")
+                say(f"labels.csv line {line}: {shown(path)}: {why}, left out")
+        return report
 
 
 def compare_images(

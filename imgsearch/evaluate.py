@@ -30,12 +30,14 @@ class Evaluation:
     pairs: int = 0
     default: str = config.DEFAULT_METHOD
     methods: dict[str, dict[str, float]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # labeled files not in the index
 
     def to_dict(self) -> dict:
         return {
             "images": self.images,
             "labels": self.labels,
             "pairs": self.pairs,
+            "missing": len(self.missing),
             "default": self.default,
             "methods": self.methods,
         }
@@ -49,6 +51,12 @@ class Evaluation:
             f"(default method: {self.default})",
             head,
         ]
+        if self.missing:
+            lines.insert(
+                1,
+                f"{len(self.missing)} labeled files are not in the index (missing, outside the "
+                f"folder or skipped), e.g. {self.missing[0]}",
+            )
         for method, values in self.methods.items():
             row = f"{method:<12}"
             row += "".join(f"{values[k]:>8.4f}" if k in values else f"{'-':>8}" for k in RETRIEVAL)
@@ -59,34 +67,67 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def read_labels(folder: Path) -> dict[str, str]:
-    """``labels.csv`` (columns path,label; paths relative to the folder)."""
-    rows = _read_csv(folder / "labels.csv", {"path", "label"}, required=True)
-    labels = {Path(row["path"]).as_posix(): row["label"] for row in rows if row["path"]}
+class Labels(dict):
+    """path -> label, as read from labels.csv; ``lines`` says on which line each was."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[str, int] = {}
+
+
+def read_labels(folder: Path) -> Labels:
+    """``labels.csv`` (columns path,label; paths relative to the folder). A row without a
+    label is one error naming its line."""
+    path = folder / "labels.csv"
+    labels = Labels()
+    for line, row in _read_csv(path, {"path", "label"}, required=True):
+        if not row["path"]:
+            continue
+        label = row["label"]
+        if label is None or not label.strip():
+            raise ImgsearchError(f"{path} line {line}: no label for {row['path']}")
+        name = Path(row["path"]).as_posix()
+        labels[name] = label
+        labels.lines[name] = line
     if not labels:
-        raise ImgsearchError(f"{folder / 'labels.csv'} lists no images")
+        raise ImgsearchError(f"{path} lists no images")
     return labels
 
 
+_SAME = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
 def read_pairs(folder: Path) -> list[tuple[str, str, bool]] | None:
-    """``pairs.csv`` (columns path_a,path_b,same), or None when the folder has none."""
-    rows = _read_csv(folder / "pairs.csv", {"path_a", "path_b", "same"}, required=False)
+    """``pairs.csv`` (columns path_a,path_b,same; same is 1/0, true/false or yes/no), or
+    None when the folder has none. A row short of a field is one error naming its line."""
+    path = folder / "pairs.csv"
+    rows = _read_csv(path, {"path_a", "path_b", "same"}, required=False)
     if rows is None:
         return None
-    truth = ("1", "true", "yes")
-    return [
-        (Path(r["path_a"]).as_posix(), Path(r["path_b"]).as_posix(), r["same"].strip() in truth)
-        for r in rows
-    ]
+    pairs = []
+    for line, row in rows:
+        a, b, same = row["path_a"], row["path_b"], row["same"]
+        if not a or not b:
+            raise ImgsearchError(f"{path} line {line}: needs two paths (path_a,path_b,same)")
+        if same is None or not same.strip():
+            raise ImgsearchError(f"{path} line {line}: no value for same (1 or 0)")
+        value = _SAME.get(same.strip().lower())
+        if value is None:
+            raise ImgsearchError(f"{path} line {line}: same must be 1 or 0, not {same!r}")
+        pairs.append((Path(a).as_posix(), Path(b).as_posix(), value))
+    return pairs
 
 
-def _read_csv(path: Path, columns: set[str], required: bool) -> list[dict[str, str]] | None:
+def _read_csv(
+    path: Path, columns: set[str], required: bool
+) -> list[tuple[int, dict[str, str | None]]] | None:
+    """The rows of a CSV file with the columns needed, each with the line it ends on."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not columns <= set(reader.fieldnames):
                 raise ImgsearchError(f"{path} needs the columns {','.join(sorted(columns))}")
-            return list(reader)
+            return [(reader.line_num, row) for row in reader]
     except FileNotFoundError:
         if required:
             raise ImgsearchError(f"no {path.name} in {path.parent} (columns: path,label)") from None
@@ -215,6 +256,7 @@ def evaluate_index(
     states = index.store.file_states()
     paths = sorted(states, key=lambda p: states[p].id)
     row_of = {p: i for i, p in enumerate(paths) if p in labels}
+    missing = [p for p in labels if p not in states]
     if len(row_of) < 2:
         raise ImgsearchError("fewer than two labeled images are indexed")
     if pairs is None:
@@ -224,7 +266,7 @@ def evaluate_index(
         raise ImgsearchError("none of the pairs lists two indexed images")
     names = [labels[p] for p in row_of]
     rows = list(row_of.values())
-    report = Evaluation(images=len(rows), labels=len(set(names)), pairs=len(pairs))
+    report = Evaluation(images=len(rows), labels=len(set(names)), pairs=len(pairs), missing=missing)
     same = np.array([s for _, _, s in pairs])
     for method in methods:
         overridden = tau is not None and method == config.DEFAULT_METHOD
