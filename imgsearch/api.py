@@ -9,6 +9,7 @@ methods (``scoring``). Each method here opens what it needs and calls one of the
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import secrets
 import tempfile
@@ -25,7 +26,7 @@ from imgsearch.captions import DEFAULT_SETTINGS, CaptionBank, CaptionSettings, b
 from imgsearch.collection import Collection, MoveStopped
 from imgsearch.derived import Derived
 from imgsearch.errors import ImgsearchError
-from imgsearch.files import relative_path
+from imgsearch.files import OVER_LIMIT, Limits, relative_path, shown, valid_name
 from imgsearch.models import family
 from imgsearch.results import (
     Caption,
@@ -106,7 +107,7 @@ class Index:
         here = store.path.parent if store.path is not None else Path.cwd()  # see _stored_root
         self.root = (here / self.meta["root"]).resolve()
         self.embedding = indexer.Embedding(
-            self.model_name, self.settings, store, device, model, bank
+            self.model_name, self.settings, store, device, model, bank, Limits.from_meta(self.meta)
         )
         self.derived = Derived(store)
         self.scoring = scoring.Context(
@@ -343,6 +344,7 @@ class Index:
     ) -> Comparison:
         """One pair under every scoring method, the verdict at each method's tau, and the
         captions the two images share. ``tau`` overrides the default method's threshold."""
+        tau = scoring.check_score(tau)
         methods = scoring.names() if methods is None else methods
         taus = {m: self.tau(m) for m in methods}
         if tau is not None and config.DEFAULT_METHOD in taus:
@@ -475,6 +477,23 @@ class Index:
         collection: ``config.viewer_clusters``): what ``imgsearch map`` draws."""
         return self._collection().layout(projection, k, method)
 
+    @property
+    def limits(self) -> Limits:
+        """What one image may cost (file size, decoded pixels, aspect ratio), for indexing,
+        queries and uploads alike: as ``set_limits`` recorded, else the defaults."""
+        return self.embedding.limits
+
+    def set_limits(
+        self,
+        max_pixels: int | None = None,
+        max_aspect: float | None = None,
+        max_file_size: int | None = None,
+    ) -> Limits:
+        """Record new limits (None keeps one as it is); files skipped for a limit before
+        are tried again by the next ``add``."""
+        self.embedding.limits = _record_limits(self, max_pixels, max_aspect, max_file_size)
+        return self.embedding.limits
+
     # --- the search index -----------------------------------------------------
 
     @property
@@ -533,8 +552,13 @@ class Index:
             raise ImgsearchError(f"{image} is a folder, not an image")
         return self.embedding.describe_file(path, self._relative(path), image)
 
-    def _relative(self, path: Path, must_exist: bool = True) -> str | None:
-        """``path`` relative to the root in POSIX form, or None when it lies outside."""
+    def _relative(self, path: Path, must_exist: bool = True, check_name: bool = True) -> str | None:
+        """``path`` relative to the root in POSIX form, or None when it lies outside.
+        A name that is not valid UTF-8 is one clear error (``check_name``)."""
+        if check_name and not valid_name(str(path)):  # never indexed, and JSON cannot name it
+            raise ImgsearchError(
+                f"{shown(str(path))}: the file name is not valid UTF-8; rename it to use it"
+            )
         return relative_path(self.root, path, must_exist)
 
 
@@ -563,6 +587,34 @@ def _check_bank(index: Index, captions: str | os.PathLike | None) -> None:
             f"this index was made with the caption bank {index.meta['captions']!r}; "
             "use another --db for a different bank"
         )
+
+
+def _record_limits(
+    index: Index,
+    max_pixels: int | None,
+    max_aspect: float | None,
+    max_file_size: int | None,
+) -> Limits:
+    current = index.limits
+    wanted = Limits(
+        current.max_pixels if max_pixels is None else int(max_pixels),
+        current.max_aspect if max_aspect is None else float(max_aspect),
+        current.max_file_size if max_file_size is None else int(max_file_size),
+    )
+    if wanted.max_pixels < 1 or wanted.max_file_size < 1:
+        raise ImgsearchError("--max-pixels and --max-file-size must be positive")
+    if not (math.isfinite(wanted.max_aspect) and wanted.max_aspect >= 1):
+        raise ImgsearchError(f"--max-aspect must be a number of 1 or more, not {max_aspect}")
+    if wanted != current:
+        values = {
+            "max_pixels": str(wanted.max_pixels),
+            "max_aspect": repr(wanted.max_aspect),
+            "max_file_size": str(wanted.max_file_size),
+        }
+        index.store.set_meta(values)
+        index.meta.update(values)
+        index.store.forget_skipped_reason(OVER_LIMIT)
+    return wanted
 
 
 def _new_index(
@@ -673,6 +725,7 @@ def compare_images(
     say: Callable[[str], None] | None = None,
 ) -> Comparison:
     """Compare two images with an index's model and bank; with no index, a throwaway one."""
+    scoring.check_score(tau)
     if db is not None:
         with Index.open(db, model=model, device=device) as index:
             return index.compare(a, b, methods, tau)

@@ -14,7 +14,11 @@ from imgsearch import config, relations, report, scoring
 from imgsearch.api import Index, MoveStopped, parse_size
 from imgsearch.captions import DEFAULT_SETTINGS
 from imgsearch.errors import ImgsearchError
+from imgsearch.files import Limits
+from imgsearch.indexer import skip_counts
 from imgsearch.projections import PROJECTIONS
+from imgsearch.scoring import check_score
+from imgsearch.storage import is_disk_full
 
 # --db: a SQLite file path, or a database URL (anything with '://') kept as text.
 Db = Path | str | None
@@ -54,6 +58,62 @@ device_option = click.option(
 def say(message: str) -> None:
     """Notes for the user go to stderr; stdout carries only results."""
     click.echo(f"imgsearch: {message}", err=True)
+
+
+class BadValue(click.BadParameter):
+    """A bad option value: one line on stderr and exit 2 (click's usage errors take three)."""
+
+    def show(self, file: object = None) -> None:
+        say(f"error: {self.format_message()}")
+
+
+class Score(click.ParamType):
+    """A score threshold: a finite number from -1 to 1 (centred scores of unrelated photos
+    are negative), or with ``low_open`` above ``low``. Every --tau, --min-pair and
+    --threshold takes one; the API checks the same (``check_score``)."""
+
+    name = "score"
+
+    def __init__(self, low: float = -1.0, high: float = 1.0, low_open: bool = False):
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        if isinstance(value, float):
+            return value
+        try:
+            return check_score(value, "", self.low, self.high, self.low_open)
+        except ImgsearchError as exc:
+            raise BadValue(str(exc), ctx=ctx, param=param) from None
+
+
+SCORE = Score()
+
+
+def parse_count(text: str) -> int:
+    """A pixel count: '100M', '2.5M', '500k' or a plain number (decimal units)."""
+    units = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+    number, unit = text.strip().lower().rstrip("px").rstrip(), ""
+    if number[-1:] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        value = 0
+    if not (value >= 1 and value < 1e15):
+        raise ImgsearchError(f"bad pixel count {text!r}: give e.g. 100M or 50000000")
+    return int(value)
+
+
+def parse_aspect(text: str) -> float:
+    """An aspect ratio limit: '50' or '50:1'."""
+    number = text.strip().removesuffix(":1")
+    try:
+        value = float(number)
+    except ValueError:
+        value = 0.0
+    if not (value >= 1 and value < 1e15):
+        raise ImgsearchError(f"bad aspect ratio {text!r}: give e.g. 50 (for 50:1)")
+    return value
 
 
 def shared_text(shared: list[str], most: int = 5) -> str:
@@ -121,6 +181,13 @@ class Group(click.Group):
         except Exception as exc:  # noqa: BLE001 - never a traceback for the user
             if os.environ.get("IMGSEARCH_DEBUG"):
                 raise
+            if is_disk_full(exc):
+                where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+                say(
+                    f"error{where}: {exc.strerror} (the disk is full); the index is intact: "
+                    "free some space and run the command again"
+                )
+                ctx.exit(1)
             say(f"error: {type(exc).__name__}: {exc} (set IMGSEARCH_DEBUG=1 for details)")
             ctx.exit(1)
 
@@ -172,6 +239,23 @@ def main() -> None:
     help="Memory budget of the search index, e.g. 4GB or 512MB, kept for later queries "
     "(default: 4GB). Where the vectors would exceed it, a compressed index is built.",
 )
+@click.option(
+    "--max-pixels",
+    metavar="COUNT",
+    help=f"Skip an image that would decode to more pixels, e.g. 100M (after a JPEG's reduced "
+    f"decode; default {Limits().max_pixels // 10**6}M). Kept for later runs, queries and uploads.",
+)
+@click.option(
+    "--max-aspect",
+    metavar="RATIO",
+    help=f"Skip an image longer than this many times its width (or the reverse), e.g. 50 for "
+    f"50:1 (default {Limits().max_aspect:g}). Kept like --max-pixels.",
+)
+@click.option(
+    "--max-file-size",
+    metavar="SIZE",
+    help="Skip a file larger than this, e.g. 1GB or 200MB (default 1GB). Kept like --max-pixels.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-file notes.")
 @json_option
 def index(
@@ -187,12 +271,20 @@ def index(
     ray_workers: int | None,
     files_from: Path | None,
     index_memory: str | None,
+    max_pixels: str | None,
+    max_aspect: str | None,
+    max_file_size: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Index every image in FOLDER (recursively); a re-run only does what changed."""
     files = read_list(files_from) if files_from else None
     budget = parse_size(index_memory) if index_memory is not None else None
+    limits = {
+        "max_pixels": parse_count(max_pixels) if max_pixels is not None else None,
+        "max_aspect": parse_aspect(max_aspect) if max_aspect is not None else None,
+        "max_file_size": parse_size(max_file_size) if max_file_size is not None else None,
+    }
     if ray_address is not None:  # before a new index loads its model
         from imgsearch.distributed import check_address, require_ray
 
@@ -203,6 +295,8 @@ def index(
     with Index.create(folder, db, model, captions, top_n, device, say=None if quiet else say) as ix:
         if budget is not None:
             ix.set_index_memory(budget)
+        if any(v is not None for v in limits.values()):
+            ix.set_limits(**limits)
         summary = ix.add(
             batch_size=batch_size,
             workers=workers,
@@ -222,10 +316,11 @@ def index(
     if as_json:
         emit(summary.to_dict())
         return
+    kinds = f" ({skip_counts(summary.skipped)})" if summary.skipped else ""
     click.echo(
         f"added {summary.added}, updated {summary.updated}, moved {summary.moved}, "
         f"removed {summary.removed}, unchanged {summary.unchanged}, "
-        f"skipped {len(summary.skipped)} in {summary.seconds:.1f} s"
+        f"skipped {len(summary.skipped)}{kinds} in {summary.seconds:.1f} s"
     )
 
 
@@ -358,8 +453,9 @@ def parse_methods(text: str | None) -> list[str]:
 @methods_option
 @click.option(
     "--tau",
-    type=float,
-    help="Threshold for the default method's pair decisions (default: the one the index records).",
+    type=SCORE,
+    help="Threshold for the default method's pair decisions, from -1 to 1 (default: the one "
+    "the index records).",
 )
 @click.option(
     "--text-queries",
@@ -410,7 +506,7 @@ def evaluate(
 @db_option
 @click.option("--model", help="Model when no index is found (default: as for 'index').")
 @methods_option
-@click.option("--tau", type=float, help="Threshold for the default method's verdict.")
+@click.option("--tau", type=SCORE, help="Threshold for the default method's verdict (-1 to 1).")
 @device_option
 @json_option
 def compare(
@@ -452,7 +548,9 @@ method_option = click.option(
 
 @main.command()
 @click.option(
-    "--tau", type=float, help="Edge threshold (default: the graph's own, or the tau of --method)."
+    "--tau",
+    type=SCORE,
+    help="Edge threshold, from -1 to 1 (default: the graph's own, or the tau of --method).",
 )
 @click.option(
     "--method",
@@ -517,7 +615,7 @@ def graph(
 
 @main.command()
 @click.option("--k", "k", type=int, help=f"k-means clusters (default {config.CLUSTERS_K}).")
-@click.option("--tau", type=float, help="Instead of k-means: components of the tau graph.")
+@click.option("--tau", type=SCORE, help="Instead of k-means: components of the tau graph.")
 @method_option
 @db_option
 @html_option
@@ -543,8 +641,9 @@ def clusters(
 @main.command()
 @click.option(
     "--threshold",
-    type=float,
-    help="Image-vector cosine for copies (default: the model's calibrated value).",
+    type=Score(0.0, 1.0, low_open=True),
+    help="Image-vector cosine for copies, above 0 and at most 1 (default: the model's "
+    "calibrated value).",
 )
 @click.option(
     "--move-to",
@@ -598,7 +697,7 @@ def duplicates(
     show_default=True,
     help="How the two sets are matched.",
 )
-@click.option("--min-pair", type=float, help="Only matches scoring at least this count.")
+@click.option("--min-pair", type=SCORE, help="Only matches scoring at least this count.")
 @click.option("--top-m", type=int, help="Average only the best m matches.")
 @click.option(
     "--score",

@@ -49,6 +49,7 @@ class Collection:
         self.duplicate_threshold = duplicate_threshold
 
     def graph(self, tau: float | None, method: str | None, k: int | None, mutual: bool) -> Graph:
+        tau = scoring.check_score(tau)
         if k is not None and k < 1:
             raise ImgsearchError("--k must be at least 1")
         if method is None:
@@ -64,6 +65,7 @@ class Collection:
         return Graph(nodes, edges, groups, method, tau, k, mutual, ids)
 
     def clusters(self, k: int | None, tau: float | None, method: str) -> list[Cluster]:
+        tau = scoring.check_score(tau)
         if k is not None and tau is not None:
             raise ImgsearchError("give --k or --tau, not both")
         scoring.get(method, ranking=True)
@@ -88,6 +90,7 @@ class Collection:
         ]
 
     def duplicates(self, threshold: float | None) -> list[Duplicates]:
+        threshold = scoring.check_score(threshold, "threshold", 0.0, 1.0, low_open=True)
         threshold = self.duplicate_threshold if threshold is None else threshold
         ids, paths, vectors = self.store.vectors("image_vector")
         found = relations.duplicate_groups(vectors, threshold, self.store.sizes(ids))
@@ -138,6 +141,7 @@ class Collection:
             )
         if k < 1:
             raise ImgsearchError("-k must be at least 1")
+        min_pair = scoring.check_score(min_pair, "min-pair")
         item = relative_path(self.root, Path(query))
         if item is None or not Path(query).is_dir() or "/" in item or not item:
             raise ImgsearchError(f"{query} is not a folder directly inside {self.root}")
@@ -168,6 +172,7 @@ class Collection:
         methods: Sequence[str] | None,
         tau: float | None,
     ) -> Evaluation:
+        tau = scoring.check_score(tau)
         methods = scoring.names() if methods is None else methods
         states = self.store.file_states()
         paths = sorted(states, key=lambda p: states[p].id)  # rows in id order, as vectors come

@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from imgsearch.errors import ImgsearchError
-from imgsearch.files import FileInfo, Pixels, Preprocess, load_pixels
+from imgsearch.files import DEFAULT_LIMITS, FileInfo, Limits, Pixels, Preprocess, load_pixels
 from imgsearch.indexer import BatchWriter, Loaded, Runner, embed_batch
 from imgsearch.models import preprocess_for
 
@@ -229,9 +229,14 @@ def _hold_if_asked() -> None:
         time.sleep(0.1)
 
 
-def decode_batch(batch: dict[str, np.ndarray], root: str, preprocess: Preprocess) -> dict:
+def decode_batch(
+    batch: dict[str, np.ndarray],
+    root: str,
+    preprocess: Preprocess,
+    limits: Limits = DEFAULT_LIMITS,
+) -> dict:
     """Ray decode task: file paths in, uint8 crops and file facts out (bad files flagged)."""
-    loaded = [load_pixels(Path(root) / str(path), preprocess) for path in batch["path"]]
+    loaded = [load_pixels(Path(root) / str(path), preprocess, limits) for path in batch["path"]]
     blank = np.zeros((preprocess.crop, preprocess.crop, 3), np.uint8)
     _die_if_armed("decode")
     return {
@@ -300,6 +305,7 @@ def ray_runner(
     batch_size: int = 32,
     workers: int | None = None,
     device: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Runner:
     """Embed on a Ray cluster: the same records as ``indexer.local_runner``, written here
     by the run's one writer. The model loads on the driver only when its preprocessing
@@ -313,7 +319,8 @@ def ray_runner(
                 if embedding.loaded
                 else preprocess_for(embedding.model_name) or embedding.model.preprocess
             )
-            data = _pipeline(ray, plan, files, root, preprocess, embedding, batch_size)
+            work = (files, root, preprocess, limits)
+            data = _pipeline(ray, plan, work, embedding, batch_size)
             try:
                 _store_results(data, writer, batch_size)
             except (ImgsearchError, KeyboardInterrupt):
@@ -327,13 +334,13 @@ def ray_runner(
 def _pipeline(
     ray: Any,  # noqa: ANN401 - the ray module
     plan: RayPlan,
-    files: list[FileInfo],
-    root: Path,
-    preprocess: Preprocess,
+    work: tuple[list[FileInfo], Path, Preprocess, Limits],
     embedding: Embedding,
     batch_size: int,
 ) -> Any:  # noqa: ANN401 - a Ray dataset
-    """Files -> decode tasks -> model workers, as a lazily run Ray dataset."""
+    """Files (under a root, decoded with a preprocessing within limits) -> decode tasks ->
+    model workers, as a lazily run Ray dataset."""
+    files, root, preprocess, limits = work
     bank = embedding.bank
     rows = [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns} for f in files]
     # One decode task per block: small ones start the model workers early; at most
@@ -347,7 +354,7 @@ def _pipeline(
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
         data = data.map_batches(
             decode_batch,
-            fn_kwargs={"root": str(root), "preprocess": preprocess},
+            fn_kwargs={"root": str(root), "preprocess": preprocess, "limits": limits},
             batch_size=DECODE_BATCH,
             batch_format="numpy",
             num_cpus=1,

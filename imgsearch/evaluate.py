@@ -8,8 +8,10 @@ from pathlib import Path
 
 from imgsearch.api import Index
 from imgsearch.errors import ImgsearchError
+from imgsearch.files import shown
 from imgsearch.metrics import read_labels, read_pairs, read_text_queries, recall_at
 from imgsearch.results import Evaluation
+from imgsearch.scoring import check_score
 
 
 def evaluate_folder(
@@ -26,6 +28,7 @@ def evaluate_folder(
 ) -> Evaluation:
     """Index a labeled folder (incrementally), then measure every scoring method on it; with
     ``text_queries`` (a path,caption file), also how well each caption finds its photo."""
+    check_score(tau)
     labels = read_labels(Path(folder))
     pairs = read_pairs(Path(folder))
     queries = read_text_queries(Path(text_queries)) if text_queries is not None else None
@@ -35,6 +38,14 @@ def evaluate_folder(
             on_skip=(lambda s: say(f"skipped {s.path}: {s.reason}")) if say else None,
         )
         report = index.evaluate(labels, pairs, methods, tau)
+        if say:
+            for path in report.missing:
+                where = index.root / path
+                why = "no such file" if not where.exists() else "not indexed"
+                if not where.resolve().is_relative_to(index.root):
+                    why = "outside the folder"
+                line = getattr(labels, "lines", {}).get(path, "?")
+                say(f"labels.csv line {line}: {shown(path)}: {why}, left out")
         if queries is not None:
             report.text_queries = text_recall(index, queries)
         return report

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,34 +48,103 @@ def is_image_name(name: str) -> bool:
     return suffix in IMAGE_SUFFIXES
 
 
-def walk(root: Path) -> Iterator[FileInfo]:
+def shown(name: str) -> str:
+    """A file name as it can be printed, stored and put in JSON: bytes that are not valid
+    UTF-8 (kept by Python as surrogates) are written as escapes, e.g. ``x\\xff.jpg``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` is valid UTF-8, as JSON output and PostgreSQL need."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def special_kind(mode: int) -> str:
+    """What a file that is neither a regular file nor a folder is, in a word or two."""
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return "special file"
+
+
+# Reasons the walk gives for an entry it passes over (the summary counts them by these).
+SYMLINK = "symbolic link (not followed)"
+UNREADABLE_FOLDER = "unreadable folder"
+BAD_NAME = "name is not valid UTF-8: rename it to index it"
+
+
+def walk(
+    root: Path,
+    skipped: list[tuple[str, str]] | None = None,
+    unreadable: list[str] | None = None,
+) -> Iterator[FileInfo]:
     """Image files below ``root``: hidden entries skipped, symbolic links never followed.
 
     ``os.scandir`` gives the stat results the incremental check needs without
     a second system call per file, which keeps a no-change re-run about as
     fast as listing the folder.
+
+    What the walk passes over that would otherwise count is added to ``skipped`` as
+    (path, reason): symbolic links with image names or to folders, FIFOs and other special
+    files with image names, names that are not valid UTF-8 (shown escaped), and folders it
+    cannot read; those folders' paths ('' for the root) also go to ``unreadable``, so that
+    what is indexed below them is kept rather than taken for deleted.
     """
-    stack = [root]
+    stack = [(root, "")]
     while stack:
-        folder = stack.pop()
+        folder, prefix = stack.pop()
         try:
             entries = list(os.scandir(folder))
-        except OSError:
+        except OSError as exc:
+            if unreadable is not None:
+                unreadable.append(prefix.rstrip("/"))
+            if skipped is not None:
+                why = exc.strerror or type(exc).__name__
+                where = prefix.rstrip("/") or "."
+                skipped.append((where, f"{UNREADABLE_FOLDER} ({why}): its indexed images are kept"))
             continue
         for entry in sorted(entries, key=lambda e: e.name):
-            if entry.name.startswith("."):
+            name = entry.name
+            if name.startswith("."):
                 continue
             try:
+                if not valid_name(name):
+                    if skipped is not None and (is_image_name(name) or entry.is_dir()):
+                        skipped.append((prefix + shown(name), BAD_NAME))
+                    continue
                 if entry.is_symlink():
+                    if skipped is not None and (is_image_name(name) or _points_to_folder(entry)):
+                        skipped.append((prefix + name, SYMLINK))
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False) and is_image_name(entry.name):
+                    stack.append((Path(entry.path), f"{prefix}{name}/"))
+                elif is_image_name(name):
                     st = entry.stat(follow_symlinks=False)
-                    rel = Path(entry.path).relative_to(root).as_posix()
-                    yield FileInfo(rel, st.st_size, st.st_mtime_ns)
+                    if stat.S_ISREG(st.st_mode):
+                        yield FileInfo(prefix + name, st.st_size, st.st_mtime_ns)
+                    elif skipped is not None:
+                        reason = f"not a regular file ({special_kind(st.st_mode)})"
+                        skipped.append((prefix + name, reason))
             except OSError:
                 continue
+
+
+def _points_to_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a loop, or no permission
+        return False
 
 
 def file_hash(data: bytes) -> str:
@@ -81,12 +152,142 @@ def file_hash(data: bytes) -> str:
 
 
 def hash_file(path: Path) -> str:
-    with open(path, "rb") as f:
+    """The content hash of a regular file; OSError for anything else (a FIFO, a device)."""
+    fd = open_regular(path, follow_symlinks=False)
+    with os.fdopen(fd, "rb") as f:
         return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
 
 class BadImage(Exception):
     """A file that cannot be used as an image; the message is the reason shown to the user."""
+
+
+# Reasons that start so are a limit's (the summary counts them apart; a changed limit
+# retries them).
+OVER_LIMIT = "over the limit"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one file may cost, checked before it is decoded: its size on disk, and from the
+    image's header its decoded pixels (after a JPEG's reduced decode) and aspect ratio.
+
+    A 20000x1 PNG of 142 bytes would otherwise be resized to 5,120,000x256 on the way to the
+    model (gigabytes), and a 144-megapixel PNG of zeros is 140 KB on disk."""
+
+    max_pixels: int = 100_000_000
+    max_aspect: float = 50.0
+    max_file_size: int = 1 << 30
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, str]) -> Limits:
+        """The limits an index records (``imgsearch index --max-pixels ...``), else these."""
+        default = cls()
+        return cls(
+            int(meta.get("max_pixels", default.max_pixels)),
+            float(meta.get("max_aspect", default.max_aspect)),
+            int(meta.get("max_file_size", default.max_file_size)),
+        )
+
+    def check_aspect(self, width: int, height: int) -> None:
+        """Raise ``BadImage`` where the image is far longer than wide (or the reverse)."""
+        if width < 1 or height < 1:
+            raise BadImage("empty image")
+        if max(width, height) > self.max_aspect * min(width, height):
+            raise BadImage(
+                f"{OVER_LIMIT}: {width}x{height} pixels, an aspect ratio of "
+                f"{max(width, height) / min(width, height):.0f}:1 (the limit is "
+                f"{self.max_aspect:g}:1, --max-aspect)"
+            )
+
+    def check_pixels(self, width: int, height: int) -> None:
+        """Raise ``BadImage`` where decoding ``width`` x ``height`` pixels is too much."""
+        if width * height > self.max_pixels:
+            raise BadImage(
+                f"{OVER_LIMIT}: {width}x{height} is {width * height / 1e6:.0f} megapixels "
+                f"(the limit is {self.max_pixels / 1e6:g}, --max-pixels)"
+            )
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class NotRegular(OSError):
+    """Not a regular file (a FIFO, a device, a folder), or a symbolic link not followed."""
+
+    def __str__(self) -> str:
+        return self.strerror or "not a regular file"
+
+
+def open_regular(path: Path, follow_symlinks: bool = True) -> int:
+    """A file descriptor open for reading ``path``, only if it is a regular file.
+
+    Opened without blocking, so that a FIFO (or a device) never hangs the open, then
+    checked with fstat on the very file opened: a file replaced between a walk and the
+    read is judged as it is now. Raises ``NotRegular`` for anything else, OSError where
+    it cannot be opened."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks and os.path.islink(path):
+            raise NotRegular(errno.ELOOP, SYMLINK) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegular(errno.EINVAL, f"not a regular file ({special_kind(mode)})")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_file(
+    path: Path, limit: int = DEFAULT_LIMITS.max_file_size, follow_symlinks: bool = True
+) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; ``BadImage`` otherwise, with
+    the reason: a FIFO or /dev/zero (also behind a symbolic link) is never read."""
+    try:
+        fd = open_regular(path, follow_symlinks)
+    except NotRegular as exc:
+        raise BadImage(str(exc)) from None
+    except OSError as exc:
+        raise BadImage(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise BadImage(_too_big(size, limit))
+        # One read of the whole file (plus a byte, to see one that grew): no copies.
+        parts = [os.read(fd, size + 1)]
+        total = len(parts[0])
+        while total > size and total <= limit:  # it grew since the fstat: read on, bounded
+            chunk = os.read(fd, min(limit + 1 - total, 1 << 24))
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise BadImage(_too_big(total, limit))
+    except OSError as exc:
+        raise BadImage(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _too_big(size: int, limit: int) -> str:
+    return f"{OVER_LIMIT}: a file of {_bytes(size)} (the limit is {_bytes(limit)}, --max-file-size)"
+
+
+def _bytes(count: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return f"{count} bytes"
 
 
 @dataclass
@@ -99,18 +300,22 @@ class Decoded:
     hash: str
 
 
-def decode(path: Path, min_side: int = 0) -> Decoded:
+def decode(
+    path: Path,
+    min_side: int = 0,
+    limits: Limits = DEFAULT_LIMITS,
+    follow_symlinks: bool = True,
+) -> Decoded:
     """Read, hash and decode an image, upright (EXIF orientation applied).
 
     With ``min_side`` JPEGs are decoded at reduced scale (draft mode) while the
     short side stays at or above it: a 12 MP photo then costs a fraction of a
-    full decode. Decompression bombs, truncated and non-image files raise
-    ``BadImage`` with a one-line reason.
+    full decode. Decompression bombs, files over ``limits`` (checked from the file's size
+    and the image's header, before decoding), FIFOs and devices, truncated and non-image
+    files raise ``BadImage`` with a one-line reason. ``follow_symlinks=False``: a path that
+    is a symbolic link is not read (the indexer's, whose walk never follows them).
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadImage(f"cannot read: {exc.strerror or exc}") from None
+    data = read_file(path, limits.max_file_size, follow_symlinks)
     if not data:
         raise BadImage("empty file")
     try:
@@ -118,16 +323,20 @@ def decode(path: Path, min_side: int = 0) -> Decoded:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
+            limits.check_aspect(width, height)
             if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says: turn 90 degrees
                 width, height = height, width
             if min_side and image.format == "JPEG":
                 image.draft("RGB", (min_side, min_side))
+            limits.check_pixels(*image.size)  # as decoded: after a JPEG's reduction
             image.load()
             image = ImageOps.exif_transpose(image)
             if image.mode != "RGB":
                 image = _to_rgb(image)
+    except BadImage:
+        raise
     except Image.DecompressionBombError:
-        raise BadImage("too many pixels (decompression bomb)") from None
+        raise BadImage(f"{OVER_LIMIT}: too many pixels (decompression bomb)") from None
     except UnidentifiedImageError:
         raise BadImage("not an image") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -138,13 +347,41 @@ def decode(path: Path, min_side: int = 0) -> Decoded:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Flatten transparency onto white: a transparent logo should not look black."""
+    """Flatten transparency onto white: a transparent logo should not look black.
+
+    High bit depths are scaled by their range, not clipped to 0-255 (which makes a 16-bit
+    photo solid white): 16 bits by 0-65535, 32-bit integers and floats by the image's own
+    minimum and maximum."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+        return _scaled(image, 0.0, 65535.0)  # PNG has no 32-bit gray: mode I is 16 bits there
+    if image.mode in ("I", "F") or image.mode.startswith(("I;32", "F;")):
+        values = np.asarray(image)
+        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        if finite.size == 0:
+            return Image.new("RGB", image.size)
+        return _scaled(image, float(finite.min()), float(finite.max()), values)
     return image.convert("RGB")
+
+
+def _scaled(
+    image: Image.Image, low: float, high: float, values: np.ndarray | None = None
+) -> Image.Image:
+    """Gray levels from ``low`` to ``high`` as 8-bit RGB, a band of rows at a time (a float
+    copy of a large image would cost four times its 8-bit size)."""
+    if values is None:
+        values = np.asarray(image)
+    out = np.zeros(values.shape[:2], np.uint8)
+    scale = 255.0 / (high - low) if high > low else 0.0
+    for top in range(0, len(out), 1024):
+        band = values[top : top + 1024].astype(np.float32)
+        band = np.nan_to_num((band - low) * scale, nan=0.0, posinf=255.0, neginf=0.0)
+        out[top : top + 1024] = np.clip(band + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(out, "L").convert("RGB")
 
 
 @dataclass(frozen=True)
@@ -215,10 +452,11 @@ class Pixels:
     error: str = ""
 
 
-def load_pixels(path: Path, preprocess: Preprocess) -> Pixels:
-    """Decode at reduced size and crop. Never raises: one bad file must never stop a run."""
+def load_pixels(path: Path, preprocess: Preprocess, limits: Limits = DEFAULT_LIMITS) -> Pixels:
+    """Decode at reduced size and crop. Never raises: one bad file must never stop a run.
+    A symbolic link (a file swapped for one since the walk) is not read."""
     try:
-        decoded = decode(path, preprocess.resize)
+        decoded = decode(path, preprocess.resize, limits, follow_symlinks=False)
         return Pixels(preprocess(decoded.image), decoded.width, decoded.height, decoded.hash)
     except BadImage as exc:
         return Pixels(None, error=str(exc))

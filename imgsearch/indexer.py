@@ -30,13 +30,22 @@ from PIL import Image
 from imgsearch.captions import CaptionBank, Captioned, CaptionSettings, read_bank
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import (
+    BAD_NAME,
+    DEFAULT_LIMITS,
+    OVER_LIMIT,
+    SYMLINK,
+    UNREADABLE_FOLDER,
     BadImage,
     FileInfo,
+    Limits,
     Pixels,
     decode,
     hash_file,
     is_image_name,
     load_pixels,
+    shown,
+    special_kind,
+    valid_name,
     walk,
 )
 from imgsearch.results import Description, IndexSummary, Skipped
@@ -47,6 +56,31 @@ if TYPE_CHECKING:
 
 # Embeds files and stores them through a BatchWriter: (stored, skipped). See ``update``.
 Runner = Callable[[list[FileInfo], "BatchWriter"], None]
+
+
+# How the summary counts skipped files: (what the reason starts with, one, several).
+SKIP_KINDS = [
+    (SYMLINK.split(" (")[0], "symbolic link", "symbolic links"),
+    ("not a regular file", "not a regular file", "not regular files"),
+    (UNREADABLE_FOLDER, "unreadable folder", "unreadable folders"),
+    (BAD_NAME.split(":")[0], "name not valid UTF-8", "names not valid UTF-8"),
+    (OVER_LIMIT, "over a size limit", "over the size limits"),
+    ("cannot read", "unreadable file", "unreadable files"),
+    ("listed, but", "listed but missing", "listed but missing"),
+]
+
+
+def skip_counts(skipped: list[Skipped]) -> str:
+    """'2 symbolic links, 1 not a regular file': the skipped files by kind, most first."""
+    counts: dict[tuple[str, str], int] = {}
+    for skip in skipped:
+        kind = next(
+            ((one, many) for start, one, many in SKIP_KINDS if skip.reason.startswith(start)),
+            ("bad image", "bad images"),
+        )
+        counts[kind] = counts.get(kind, 0) + 1
+    ordered = sorted(counts.items(), key=lambda item: -item[1])
+    return ", ".join(f"{n} {one if n == 1 else many}" for (one, many), n in ordered)
 
 
 @dataclass
@@ -61,6 +95,7 @@ class Plan:
     unchanged: int
     known_bad: list[Skipped]
     absent: list[str] = field(default_factory=list)  # listed, but no image file indexes there
+    passed: list[Skipped] = field(default_factory=list)  # not files to index: links, FIFOs...
 
 
 def plan(root: Path, store: Store, only: Collection[str] | None = None) -> Plan:
@@ -68,13 +103,18 @@ def plan(root: Path, store: Store, only: Collection[str] | None = None) -> Plan:
 
     ``only`` (paths relative to ``root``) limits the comparison to those files, for a run
     given a list of files: indexed files not in it are neither checked nor removed.
+    What the walk passes over (links, FIFOs, unreadable folders...) is in ``passed``; what
+    is indexed below a folder that cannot be read is kept as it is.
     """
+    found: list[tuple[str, str]] = []
+    unreadable: list[str] = []
     if only is None:
-        on_disk = {f.path: f for f in walk(root)}
+        on_disk = {f.path: f for f in walk(root, found, unreadable)}
         indexed = store.file_states()
     else:
-        on_disk = {f.path: f for f in listed(root, only)}
+        on_disk = {f.path: f for f in listed(root, only, found)}
         indexed = {p: s for p, s in store.file_states().items() if p in only}
+    passed = [Skipped(path, reason) for path, reason in found]
     bad = store.skipped_files()
     embed: list[FileInfo] = []
     changed: set[str] = set()
@@ -98,7 +138,7 @@ def plan(root: Path, store: Store, only: Collection[str] | None = None) -> Plan:
         else:
             embed.append(info)
             changed.add(path)
-    vanished = {p: s for p, s in indexed.items() if p not in on_disk}
+    vanished = {p: s for p, s in indexed.items() if p not in on_disk and not _below(p, unreadable)}
     moved = 0
     if vanished and new:
         by_hash: dict[str, list[int]] = {}
@@ -118,15 +158,30 @@ def plan(root: Path, store: Store, only: Collection[str] | None = None) -> Plan:
     else:
         embed.extend(new)
         remove = sorted(s.id for s in vanished.values())
-    absent = [] if only is None else sorted(set(only) - on_disk.keys() - indexed.keys())
-    return Plan(embed, changed, relocate, moved, remove, unchanged, known_bad, absent)
+    absent = []
+    if only is not None:
+        reported = {path for path, _ in found}
+        absent = sorted(set(only) - on_disk.keys() - indexed.keys() - reported)
+    return Plan(embed, changed, relocate, moved, remove, unchanged, known_bad, absent, passed)
 
 
-def listed(root: Path, paths: Collection[str]) -> Iterator[FileInfo]:
+def _below(path: str, folders: list[str]) -> bool:
+    """Whether ``path`` is inside one of ``folders`` ('' is the root: everything is)."""
+    return any(not f or path.startswith(f + "/") for f in folders)
+
+
+def listed(
+    root: Path, paths: Collection[str], skipped: list[tuple[str, str]] | None = None
+) -> Iterator[FileInfo]:
     """The listed files that exist, filtered as ``walk`` filters a folder (image names only,
-    nothing hidden, no symbolic links), without walking the folder."""
+    nothing hidden, no symbolic links), without walking the folder. Listed files passed
+    over for what they are (a link, a FIFO, a name that is not UTF-8) go to ``skipped``."""
     for path in sorted(paths):
         if any(part.startswith(".") for part in path.split("/")) or not is_image_name(path):
+            continue
+        if not valid_name(path):
+            if skipped is not None:
+                skipped.append((shown(path), BAD_NAME))
             continue
         try:
             st = os.stat(root / path, follow_symlinks=False)
@@ -134,6 +189,9 @@ def listed(root: Path, paths: Collection[str]) -> Iterator[FileInfo]:
             continue
         if stat.S_ISREG(st.st_mode):
             yield FileInfo(path, st.st_size, st.st_mtime_ns)
+        elif skipped is not None and not stat.S_ISDIR(st.st_mode):
+            reason = SYMLINK if stat.S_ISLNK(st.st_mode) else None
+            skipped.append((path, reason or f"not a regular file ({special_kind(st.st_mode)})"))
 
 
 def _safe_hash(path: Path) -> str | None:
@@ -192,6 +250,7 @@ def _decoded(
     workers: int,
     batch_size: int = 0,
     processes: bool | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Iterator[Loaded]:
     """Decode in workers, in order, a bounded number of files ahead.
 
@@ -209,7 +268,8 @@ def _decoded(
     pending: deque[tuple[FileInfo, Future[Pixels]]] = deque()
     try:
         for info in files:
-            pending.append((info, pool.submit(load_pixels, root / info.path, model.preprocess)))
+            path = root / info.path
+            pending.append((info, pool.submit(load_pixels, path, model.preprocess, limits)))
             if len(pending) >= ahead:
                 done, future = pending.popleft()
                 yield Loaded(done, future.result())
@@ -305,14 +365,17 @@ def local_runner(
     embedding: Embedding,
     batch_size: int = 32,
     workers: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Runner:
     """Embed in this process: decode workers (threads, or processes beside a GPU), the model
-    in batches, each batch stored as it is done."""
+    in batches, each batch stored as it is done. A file over ``limits`` is skipped before
+    it is decoded."""
 
     def run(files: list[FileInfo], writer: BatchWriter) -> None:
         model, bank, settings = embedding.model, embedding.bank, embedding.settings
         batch: list[Loaded] = []
-        for item in _decoded(root, files, model, workers or default_workers(), batch_size):
+        chosen = workers or default_workers()
+        for item in _decoded(root, files, model, chosen, batch_size, limits=limits):
             if item.pixels.error:
                 writer.skip(item.info, item.pixels.error)
                 continue
@@ -344,7 +407,7 @@ def update(
     summary = IndexSummary(unchanged=todo.unchanged, moved=todo.moved)
     summary.skipped.extend(todo.known_bad)
     missing = [Skipped(p, "listed, but no image file is there") for p in todo.absent]
-    for skip in missing:
+    for skip in todo.passed + missing:
         summary.skipped.append(skip)
         if on_skip is not None:
             on_skip(skip)
@@ -386,7 +449,9 @@ class Embedding:
         device: str | None = None,
         model: Model | None = None,
         bank: CaptionBank | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ):
+        self.limits = limits  # what one query or indexed image may cost to decode
         self.model_name = model_name
         self.settings = settings
         self.store = store
@@ -446,7 +511,7 @@ class Embedding:
                     record.id,
                 )
         try:
-            image = decode(path).image
+            image = decode(path, limits=self.limits).image
         except BadImage as exc:
             raise ImgsearchError(f"{path if name is None else name}: {exc}") from None
         return self.describe(image, path)

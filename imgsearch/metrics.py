@@ -18,34 +18,67 @@ from imgsearch.errors import ImgsearchError
 from imgsearch.results import Evaluation
 
 
-def read_labels(folder: Path) -> dict[str, str]:
-    """``labels.csv`` (columns path,label; paths relative to the folder)."""
-    rows = _read_csv(folder / "labels.csv", {"path", "label"}, required=True)
-    labels = {Path(row["path"]).as_posix(): row["label"] for row in rows if row["path"]}
+class Labels(dict):
+    """path -> label, as read from labels.csv; ``lines`` says on which line each was."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[str, int] = {}
+
+
+def read_labels(folder: Path) -> Labels:
+    """``labels.csv`` (columns path,label; paths relative to the folder). A row without a
+    label is one error naming its line."""
+    path = folder / "labels.csv"
+    labels = Labels()
+    for line, row in _read_csv(path, {"path", "label"}, required=True):
+        if not row["path"]:
+            continue
+        label = row["label"]
+        if label is None or not label.strip():
+            raise ImgsearchError(f"{path} line {line}: no label for {row['path']}")
+        name = Path(row["path"]).as_posix()
+        labels[name] = label
+        labels.lines[name] = line
     if not labels:
-        raise ImgsearchError(f"{folder / 'labels.csv'} lists no images")
+        raise ImgsearchError(f"{path} lists no images")
     return labels
 
 
+_SAME = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
 def read_pairs(folder: Path) -> list[tuple[str, str, bool]] | None:
-    """``pairs.csv`` (columns path_a,path_b,same), or None when the folder has none."""
-    rows = _read_csv(folder / "pairs.csv", {"path_a", "path_b", "same"}, required=False)
+    """``pairs.csv`` (columns path_a,path_b,same; same is 1/0, true/false or yes/no), or
+    None when the folder has none. A row short of a field is one error naming its line."""
+    path = folder / "pairs.csv"
+    rows = _read_csv(path, {"path_a", "path_b", "same"}, required=False)
     if rows is None:
         return None
-    truth = ("1", "true", "yes")
-    return [
-        (Path(r["path_a"]).as_posix(), Path(r["path_b"]).as_posix(), r["same"].strip() in truth)
-        for r in rows
-    ]
+    pairs = []
+    for line, row in rows:
+        a, b, same = row["path_a"], row["path_b"], row["same"]
+        if not a or not b:
+            raise ImgsearchError(f"{path} line {line}: needs two paths (path_a,path_b,same)")
+        if same is None or not same.strip():
+            raise ImgsearchError(f"{path} line {line}: no value for same (1 or 0)")
+        value = _SAME.get(same.strip().lower())
+        if value is None:
+            raise ImgsearchError(f"{path} line {line}: same must be 1 or 0, not {same!r}")
+        pairs.append((Path(a).as_posix(), Path(b).as_posix(), value))
+    return pairs
 
 
-def _read_csv(path: Path, columns: set[str], required: bool) -> list[dict[str, str]] | None:
+def _read_csv(
+    path: Path, columns: set[str], required: bool
+) -> list[tuple[int, dict[str, str | None]]] | None:
+    """The rows of a CSV file with the columns needed, each with the line it ends on."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not columns <= set(reader.fieldnames):
                 raise ImgsearchError(f"{path} needs the columns {','.join(sorted(columns))}")
-            return list(reader)
+            return [(reader.line_num, row) for row in reader]
     except FileNotFoundError:
         if required:
             raise ImgsearchError(f"no {path.name} in {path.parent} (columns: path,label)") from None
@@ -58,8 +91,10 @@ def read_text_queries(path: Path) -> list[tuple[str, str]]:
     """A text-query file (columns path,caption): each caption describes one photo, whose
     path is relative to the evaluated folder."""
     rows = _read_csv(path, {"path", "caption"}, required=True)
-    queries = [(Path(r["path"]).as_posix(), r["caption"].strip()) for r in rows or []]
-    queries = [(p, c) for p, c in queries if p and c]
+    queries = [
+        (Path(r["path"] or "").as_posix(), (r["caption"] or "").strip()) for _, r in rows or []
+    ]
+    queries = [(p, c) for p, c in queries if p not in ("", ".") and c]
     if not queries:
         raise ImgsearchError(f"{path} lists no text queries")
     return queries
@@ -197,6 +232,7 @@ def evaluate_methods(
     """Every method side by side on the labeled images among ``paths`` (the indexed ones,
     in the order their vectors come); pairs are sampled from the labels when none given."""
     row_of = {p: i for i, p in enumerate(paths) if p in labels}
+    missing = [p for p in labels if p not in row_of]
     if len(row_of) < 2:
         raise ImgsearchError("fewer than two labeled images are indexed")
     if pairs is None:
@@ -207,7 +243,11 @@ def evaluate_methods(
     names = [labels[p] for p in row_of]
     rows = list(row_of.values())
     report = Evaluation(
-        images=len(rows), labels=len(set(names)), pairs=len(pairs), default=config.DEFAULT_METHOD
+        images=len(rows),
+        labels=len(set(names)),
+        pairs=len(pairs),
+        default=config.DEFAULT_METHOD,
+        missing=missing,
     )
     same = np.array([s for _, _, s in pairs])
     for method, (threshold, vectors_of, pair_scores) in methods.items():

@@ -221,6 +221,14 @@ MAP_SCRIPT = """<script>
 """
 
 
+def script_json(value: object) -> str:
+    """JSON to embed in a <script> element: '<', '>' and '&' as \\u escapes, so that no file
+    name can end the element early ('</script>') or turn the rest of the page into script
+    text ('<!--<script>'); JSON.parse reads the escapes back as the characters."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def map_page(index: Index, layout: Layout) -> str:
     """The map as an SVG: one point per image, coloured by cluster, its thumbnail on hover."""
     width, height, margin = 1000, 750, 12
@@ -252,8 +260,7 @@ def map_page(index: Index, layout: Layout) -> str:
         f'{html.escape(c.name)} <span class="count">({len(c.members)})</span></li>'
         for n, c in enumerate(layout.clusters)
     )
-    # "</" inside a script element would end it early; JSON allows "<\/" for it.
-    data = json.dumps(points, ensure_ascii=False).replace("</", "<\\/")
+    data = script_json(points)
     body = (
         '<div class="map-wrap">'
         f'<svg class="map" viewBox="0 0 {width} {height}" role="img" '

@@ -255,6 +255,7 @@ class Evaluation:
     pairs: int = 0
     default: str = "caption"
     methods: dict[str, dict[str, float]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # labeled files not in the index
     # With text queries (``evaluate --text-queries``): how many, and R@1 / R@10, the share
     # whose photo is ranked first / in the first ten.
     text_queries: dict[str, float] | None = None
@@ -264,6 +265,7 @@ class Evaluation:
             "images": self.images,
             "labels": self.labels,
             "pairs": self.pairs,
+            "missing": len(self.missing),
             "default": self.default,
             "methods": self.methods,
         }
@@ -280,6 +282,12 @@ class Evaluation:
             f"(default method: {self.default})",
             head,
         ]
+        if self.missing:
+            lines.insert(
+                1,
+                f"{len(self.missing)} labeled files are not in the index (missing, outside the "
+                f"folder or skipped), e.g. {self.missing[0]}",
+            )
         for method, values in self.methods.items():
             row = f"{method:<12}"
             row += "".join(f"{values[k]:>8.4f}" if k in values else f"{'-':>8}" for k in RETRIEVAL)

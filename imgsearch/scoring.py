@@ -10,6 +10,7 @@ the API, ``evaluate`` and the command line offer whatever is registered when the
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -291,6 +292,30 @@ def hybrid_vectors(captions: np.ndarray, images: np.ndarray, alpha: float) -> np
     """Rows whose inner products are alpha * caption score + (1 - alpha) * image score."""
     parts = [np.sqrt(alpha) * captions, np.sqrt(1 - alpha) * images]
     return np.concatenate(parts, axis=-1).astype(np.float32)
+
+
+def check_score(
+    value: float | None,
+    name: str = "tau",
+    low: float = -1.0,
+    high: float = 1.0,
+    low_open: bool = False,
+) -> float | None:
+    """A score threshold (tau, min-pair, the duplicates threshold) as a float, or one clear
+    ImgsearchError: a finite number from ``low`` to ``high`` (above ``low`` with
+    ``low_open``). Scores are cosines, and centred ones are negative for unrelated photos;
+    NaN would compare false with everything, inf link nothing. None passes as None."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    above = number > low if low_open else number >= low
+    if not (math.isfinite(number) and above and number <= high):
+        span = f"above {low:g} and at most {high:g}" if low_open else f"from {low:g} to {high:g}"
+        raise ImgsearchError(f"{name} must be a finite number {span}, not {value}".lstrip())
+    return number
 
 
 # --- the registry -------------------------------------------------------------------------

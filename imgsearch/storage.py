@@ -10,14 +10,18 @@ with numbered migrations so an old index opens in a new release.
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import sqlalchemy as sa
@@ -145,10 +149,17 @@ class Store:
     show: the file, or the URL with its password masked.
     """
 
-    def __init__(self, path: Path | None, engine: sa.Engine, name: str | None = None):
+    def __init__(
+        self,
+        path: Path | None,
+        engine: sa.Engine,
+        name: str | None = None,
+        read_only: bool = False,
+    ):
         self.path = path
         self.engine = engine
         self.name = name if name is not None else str(path)
+        self.read_only = read_only  # a SQLite file this process may read but not write
 
     @property
     def is_postgres(self) -> bool:
@@ -171,15 +182,28 @@ class Store:
                 ) from None
         elif path.is_dir():
             raise ImgsearchError(f"{path} is a folder, not an index database")
-        engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-        store = cls(path, engine)
+        mode = _sqlite_mode(path)
+        # The file is opened as a path, never parsed as a URL: a folder named 'q?x' or
+        # '%41' keeps its database inside it (a file: URI, the path percent-quoted).
+        uri = "file:" + quote(os.fsencode(os.path.abspath(path))) + "?mode=" + mode
+        connect = functools.partial(sqlite3.connect, uri, uri=True, check_same_thread=False)
+        engine = sa.create_engine("sqlite://", creator=connect, poolclass=sa.pool.NullPool)
+        sa.event.listen(engine, "connect", functools.partial(_sqlite_pragmas, mode == "rwc"))
+        store = cls(path, engine, read_only=mode != "rwc")
         try:
             store._migrate(create)
         except sa.exc.DatabaseError as exc:
             engine.dispose()
             reason = str(exc.orig) if exc.orig else str(exc)
+            if _sqlite_code(exc.orig) in (_CORRUPT, _NOTADB):
+                reason += f"; {_REBUILD.format(path=path)}"
             raise ImgsearchError(f"cannot open the index at {path}: {reason}") from None
+        except BaseException:
+            engine.dispose()
+            raise
+        # From here on, a damaged page, a full disk or a read-only file found by any
+        # statement is one line naming the index, never SQL with its parameters.
+        sa.event.listen(engine, "handle_error", _sqlite_error(str(path)))
         return store
 
     @classmethod
@@ -266,6 +290,11 @@ class Store:
         busy = ImgsearchError(
             f"another imgsearch process is updating {self.name}; wait for it to finish"
         )
+        if self.read_only:
+            raise ImgsearchError(
+                f"the index at {self.name} is read-only here (no permission to write it or "
+                "its folder, or a read-only disk): it answers queries but cannot be changed"
+            )
         if self.is_postgres:
             # Autocommit: the lock belongs to the session, and an open transaction held
             # for the whole run would keep the server from cleaning up old row versions.
@@ -284,9 +313,19 @@ class Store:
         except Timeout:
             raise busy from None
         try:
+            self.check_intact()
             yield
         finally:
             lock.release()
+
+    def check_intact(self) -> None:
+        """SQLite's quick check (every page's structure, in one pass over the file): a
+        writer never plans changes, or reports nothing changed, over a damaged database."""
+        with self.engine.connect() as conn:
+            found = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check(1)")]
+        if found != ["ok"]:
+            detail = " ".join(" ".join(found).replace("*** in database main ***", "").split())
+            raise ImgsearchError(_damaged(self.name, detail))
 
     # --- settings -----------------------------------------------------------
 
@@ -387,6 +426,13 @@ class Store:
         row = {"path": path, "size": size, "mtime_ns": mtime_ns, "reason": reason}
         with self.engine.begin() as conn:
             _upsert(conn, skipped_table, row, "path")
+
+    def forget_skipped_reason(self, prefix: str) -> None:
+        """Drop the failure records whose reason starts with ``prefix`` (e.g. a limit's, when
+        the limit changes): those files are tried again."""
+        t = skipped_table
+        with self.engine.begin() as conn:
+            conn.execute(t.delete().where(sa.func.substr(t.c.reason, 1, len(prefix)) == prefix))
 
     def forget_skipped(self, keep: set[str]) -> None:
         """Drop failure records of files that are gone."""
@@ -575,10 +621,94 @@ class Store:
         )
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API connection
+def _sqlite_mode(path: Path) -> str:
+    """How to open a SQLite file: 'rwc' where this process may write it (a new one too);
+    'ro' where it may only read it; 'ro&immutable=1' where not even the WAL's -shm file
+    can be made or written (a read-only folder or mount), which SQLite needs otherwise."""
+    if not path.exists():
+        return "rwc"
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    folder = os.access(path.parent, os.W_OK | os.X_OK)
+    if os.access(path, os.W_OK) and (folder or all(os.access(p, os.W_OK) for p in (wal, shm))):
+        return "rwc"
+    if folder or all(os.access(p, os.R_OK) for p in (wal, shm)):
+        return "ro"
+    return "ro&immutable=1"
+
+
+# SQLite's primary result codes (the sqlite3 module names them only from Python 3.11).
+_IOERR, _CORRUPT, _READONLY, _FULL, _CANTOPEN, _NOTADB = 10, 11, 8, 13, 14, 26
+
+_REBUILD = "delete {path} and run 'imgsearch index FOLDER' to rebuild the index"
+
+
+def _damaged(name: str, detail: str) -> str:
+    return f"the index database {name} is damaged ({detail}); {_REBUILD.format(path=name)}"
+
+
+def _sqlite_code(exc: BaseException | None) -> int | None:
+    """The primary SQLite result code of a sqlite3 error (None where Python has none)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None and exc is not None:  # Python before 3.11: from the message
+        text = str(exc)
+        for words, value in (
+            ("malformed", _CORRUPT),
+            ("not a database", _NOTADB),
+            ("disk is full", _FULL),
+            ("disk I/O error", _IOERR),
+            ("readonly database", _READONLY),
+        ):
+            if words in text:
+                return value
+        return None
+    return None if code is None else code & 0xFF
+
+
+def _sqlite_error(name: str) -> Callable[..., None]:
+    """A handle_error hook for a SQLite index: the failures a user can act on (a damaged
+    file, a full disk, no permission to write) become one line naming the index; the SQL
+    and its parameters are never shown. A failed write leaves the index as it was: SQLite
+    rolls the transaction back, and every batch committed before it stays."""
+
+    def handle(context: sa.engine.ExceptionContext) -> None:
+        orig = context.original_exception
+        if not isinstance(orig, sqlite3.Error):
+            return
+        code = _sqlite_code(orig)
+        statement = (context.statement or "").lstrip().upper()
+        doing = "reading" if statement.startswith(("SELECT", "PRAGMA")) else "writing to"
+        if code in (_CORRUPT, _NOTADB):
+            raise ImgsearchError(_damaged(name, str(orig)))
+        if code == _FULL:
+            raise ImgsearchError(
+                f"{doing} the index at {name} failed: the disk is full; the index is intact "
+                "(the unfinished batch was rolled back): free some space and run it again"
+            )
+        if code == _IOERR:
+            raise ImgsearchError(
+                f"{doing} the index at {name} failed: disk I/O error (a full disk or a file "
+                "size limit?); the index is intact (the unfinished batch was rolled back)"
+            )
+        if code == _READONLY:
+            raise ImgsearchError(
+                f"the index at {name} is read-only here: it answers queries but cannot be changed"
+            )
+        if code == _CANTOPEN:
+            raise ImgsearchError(f"cannot open the index at {name}: {orig}")
+
+    return handle
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError of a full disk, a quota or a file size limit."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _sqlite_pragmas(writable: bool, dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API
     cursor = dbapi_conn.cursor()
     # WAL: readers never wait for the writer. busy_timeout: short waits instead of errors.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    if writable:  # a read-only connection reads the journal mode the file records
+        cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")

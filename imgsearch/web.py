@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -104,6 +105,35 @@ class LoopbackOnly:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class OneLineErrors:
+    """An unexpected error in a request: a 500 answer in JSON, and one line on the console.
+    (Starlette's own error middleware hands every such error on to the server, which prints
+    its full traceback, once per request.)"""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:  # noqa: BLE001 - the one place unexpected errors end
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            where = f"{scope.get('method', '')} {scope.get('path', '')}"
+            print(f"imgsearch: error serving {where}: {reason}", file=sys.stderr, flush=True)
+            if not started:
+                await _error(500, f"internal error: {reason}")(scope, receive, send)
 
 
 def create_app(
@@ -201,7 +231,7 @@ def create_app(
             path = Path(folder) / "upload"
             path.write_bytes(data)
             try:
-                picture = decode(path).image
+                picture = decode(path, limits=viewer.index.limits).image
             except BadImage as exc:
                 raise ImgsearchError(f"the upload cannot be used: {exc}") from None
         viewer.model_ready()
@@ -248,11 +278,11 @@ def create_app(
             return _error(exc.status_code, exc.detail)
         return Response(exc.detail, status_code=exc.status_code, media_type="text/plain")
 
-    async def server_error(request: Request, exc: Exception) -> Response:
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
-
     app = Starlette(
-        middleware=[Middleware(LoopbackOnly)] if loopback_only else [],
+        middleware=[
+            *([Middleware(LoopbackOnly)] if loopback_only else []),
+            Middleware(OneLineErrors),
+        ],
         routes=[
             Route("/", home),
             Route("/static/{name}", static),
@@ -268,7 +298,6 @@ def create_app(
         exception_handlers={
             ImgsearchError: user_error,
             HTTPException: not_found,
-            Exception: server_error,
         },
     )
     app.state.viewer = viewer

@@ -102,10 +102,10 @@ def test_evaluate_reads_pairs_csv_and_tau_override(tmp_path: Path) -> None:
         "path_a,path_b,same\nchelsea/0.jpg,chelsea/1.jpg,1\nchelsea/0.jpg,coffee/1.jpg,0\n"
     )
     args = ["evaluate", str(folder), "--model", "offline", "--json", "-q", "--methods", "caption"]
-    report = json.loads(CliRunner().invoke(main, [*args, "--tau", "2"]).stdout)
+    report = json.loads(CliRunner().invoke(main, [*args, "--tau", "1"]).stdout)
     assert report["pairs"] == 2
-    assert report["methods"]["caption"]["threshold"] == 2
-    assert report["methods"]["caption"]["pair_accuracy"] == 0.5  # nothing reaches tau 2
+    assert report["methods"]["caption"]["threshold"] == 1
+    assert report["methods"]["caption"]["pair_accuracy"] == 0.5  # nothing reaches tau 1
     assert report["methods"]["caption"]["pair_accuracy_best"] == 1.0
 
 
