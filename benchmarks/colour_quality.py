@@ -84,8 +84,8 @@ def query_precision(folder: Path, labels: dict[str, str], db: Path, k: int = 10)
     query's top k photos have the query's colour by the labels."""
     from imgsearch import Index
 
-    with Index.open(db, model="offline", create=True) as ix:
-        ix.add(folder)
+    with Index.create(folder, db=db, model="offline") as ix:
+        ix.add()
         results = {}
         for text in QUERIES:
             colour = next(c for c in COLOURS if f" {c} " in f" {text} ")
