@@ -139,8 +139,9 @@ class ColourReading:
         if self.black_and_white >= BW_SHARE:
             found.append((BLACK_AND_WHITE, self.black_and_white))
         elif self.subject_share >= min_strength:
+            # One caption for the subject: "something red" is in the bank for CLIP and text
+            # queries, but adding it too would count the same colour twice.
             found.append((object_caption(self.subject), self.subject_share))
-            found.append((thing_caption(self.subject), self.subject_share))
         if self.photo_share >= min_strength and self.black_and_white < BW_SHARE:
             found.append((photo_caption(self.photo), self.photo_share))
         tone = max((self.bright, BRIGHT), (self.dark, DARK))

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from imgsearch.captions import CaptionBank
 from imgsearch.colours import BLACK_AND_WHITE, COLOUR_CAPTIONS, read_colours
-from imgsearch.indexer import pixel_colour_ids, with_colours
+from imgsearch.indexer import COLOUR_GAIN, pixel_colour_ids, with_colours
 from tests.test_cli import run
 
 SOLID = {
@@ -107,7 +107,10 @@ def test_proven_colours_replace_the_weakest_captions_on_the_image_scale() -> Non
     kept, kept_scores = with_colours(reading, scores, ids, colour_ids, n=10)
     assert len(kept) == 10 and kept_scores == sorted(kept_scores, reverse=True)
     assert colour_ids["a red object"] not in kept  # the model cannot see colour
-    assert yellow in kept and kept_scores[kept.index(yellow)] == pytest.approx(0.8)
+    best, worst = 0.8, float(scores[10])  # the own top 10 once the colour caption is out
+    expected = worst + COLOUR_GAIN * (best - worst)  # full strength
+    assert yellow in kept and kept_scores[kept.index(yellow)] == pytest.approx(expected)
+    assert kept[0] == yellow  # a clear colour leads the image's captions
     own = [i for i in kept if i < 30]
     assert own == list(range(len(own))) and len(own) == 10 - len(reading.captions())
 
