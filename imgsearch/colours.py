@@ -33,8 +33,12 @@ BRIGHT = "a bright photo"
 DARK = "a dark photo"
 
 
+def _a(colour: str) -> str:
+    return f"an {colour}" if colour[0] in "aeiou" else f"a {colour}"
+
+
 def object_caption(colour: str) -> str:
-    return f"a {colour} object"
+    return f"{_a(colour)} object"
 
 
 def thing_caption(colour: str) -> str:
@@ -42,7 +46,7 @@ def thing_caption(colour: str) -> str:
 
 
 def photo_caption(colour: str) -> str:
-    return f"a {colour} photo"
+    return f"{_a(colour)} photo"
 
 
 # Appended to the packaged bank (scripts/make_caption_bank.py), so older ids keep their meaning.

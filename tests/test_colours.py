@@ -11,7 +11,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from imgsearch.captions import CaptionBank
-from imgsearch.colours import BLACK_AND_WHITE, COLOUR_CAPTIONS, read_colours
+from imgsearch.colours import (
+    BLACK_AND_WHITE,
+    COLOUR_CAPTIONS,
+    object_caption,
+    photo_caption,
+    read_colours,
+)
 from imgsearch.indexer import COLOUR_GAIN, pixel_colour_ids, with_colours
 from tests.test_cli import run
 
@@ -51,10 +57,10 @@ def test_a_solid_photo_has_its_colour(name: str) -> None:
     assert reading.subject_share == pytest.approx(1.0)
     captions = dict(reading.captions())
     if name in ("white", "grey", "black"):
-        assert BLACK_AND_WHITE in captions and f"a {name} object" not in captions
+        assert BLACK_AND_WHITE in captions and object_caption(name) not in captions
     else:
-        assert captions[f"a {name} object"] == pytest.approx(1.0)
-        assert captions[f"a {name} photo"] == pytest.approx(1.0)
+        assert captions[object_caption(name)] == pytest.approx(1.0)
+        assert captions[photo_caption(name)] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +74,7 @@ def test_a_coloured_subject_on_a_contrasting_background(subject: str, background
     # The ellipse is under half the photo: the photo's own colour is the background's.
     assert reading.photo == background
     captions = dict(reading.captions())
-    assert f"a {subject} object" in captions and f"a {background} photo" in captions
+    assert object_caption(subject) in captions and photo_caption(background) in captions
 
 
 def test_a_grey_photo_is_black_and_white_and_a_faint_tint_is_not() -> None:
