@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -98,6 +99,11 @@ class CaptionBank:
         self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
         self.index = faiss.IndexFlatIP(self.vectors.shape[1])
         self.index.add(self.vectors)
+        self._ids = {text: i for i, text in enumerate(self.texts)}
+
+    def ids_of(self, texts: Iterable[str]) -> dict[str, int]:
+        """The ids of those of ``texts`` this bank has (an older bank may lack some)."""
+        return {t: self._ids[t] for t in texts if t in self._ids}
 
     def top(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Each query's n best captions: (scores, ids), both (len(queries), n), best first."""

@@ -3,6 +3,8 @@
 Every concept in ``imgsearch/data/vocab/*.txt`` is put into a few caption templates chosen for
 its kind (object, scene, clothing, food, ...), with a fitting article. Captions are deduplicated
 case-insensitively, keeping the first, so the output is stable for a given set of vocabularies.
+The colour captions (``imgsearch.colours.COLOUR_CAPTIONS``) come last: appended, so the
+captions before them keep their ids (and indexes made with the older bank their meaning).
 
 Usage::
 
@@ -17,6 +19,9 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from imgsearch.colours import COLOUR_CAPTIONS  # noqa: E402 - after the path is set
 
 DATA = Path(__file__).resolve().parent.parent / "imgsearch" / "data"
 VOCAB = DATA / "vocab"
@@ -138,6 +143,10 @@ def build_captions() -> list[str]:
                 if caption.lower() not in seen:
                     seen.add(caption.lower())
                     captions.append(caption)
+    for caption in COLOUR_CAPTIONS:  # last: the ids before them stay as they were
+        if caption.lower() not in seen:
+            seen.add(caption.lower())
+            captions.append(caption)
     return captions
 
 

@@ -16,6 +16,7 @@ LAYERS = [
     {"results"},
     {
         "captions",
+        "colours",
         "storage",
         "relations",
         "search",

@@ -74,7 +74,8 @@ class Backend:
     ``matches`` says whether a model name is this backend's; ``identify`` turns a name as
     given into the one an index records; ``load`` makes the model; ``preprocess`` gives the
     decode side of its preprocessing from its configuration alone, without the weights
-    (None when that is not on this machine).
+    (None when that is not on this machine). ``pixel_colours``: the model cannot see colour,
+    so an image's colour captions are read from its pixels (``imgsearch.colours``) instead.
     """
 
     name: str
@@ -83,6 +84,7 @@ class Backend:
     identify: Callable[[str], str]
     load: Callable[[str, torch.device], Model]
     preprocess: Callable[[str], Preprocess | None]
+    pixel_colours: bool = False
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

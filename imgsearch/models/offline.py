@@ -104,4 +104,6 @@ BACKEND = Backend(
     identify=lambda name: name,
     load=lambda _name, device: OfflineModel(device),
     preprocess=lambda _name: _preprocess(),
+    # ImageNet classes and "a photo of a {class}" carry no colour: the pixels must say it.
+    pixel_colours=True,
 )
