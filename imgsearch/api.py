@@ -26,7 +26,7 @@ from imgsearch.collection import Collection, MoveStopped
 from imgsearch.derived import Derived
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import relative_path
-from imgsearch.models import family
+from imgsearch.models import backend, family
 from imgsearch.results import (
     Caption,
     Cluster,
@@ -114,6 +114,7 @@ class Index:
             self.settings,
             self.hybrid_alpha,
             lambda: self.derived.means(self.bank.vectors.shape[1]),
+            concepts=self.settings.concepts > 0 and backend(self.model_name).class_probs,
         )
         self.vectors = Vectors(store, self.derived, self.scoring, self.meta)
 
@@ -213,6 +214,11 @@ class Index:
         empty = not self.store.count()
         return scorer.threshold(self.scoring, self.meta, family(self.model_name), empty)
 
+    def methods(self, ranking: bool = False) -> list[str]:
+        """The scoring methods this index can use (``scoring.names`` less those it keeps no
+        vectors for, such as concepts in an index made before they were kept)."""
+        return [m for m in scoring.names(ranking) if scoring.get(m).available(self.scoring)]
+
     def graph_tau(self) -> float:
         return float(self.meta.get("tau.graph", config.GRAPH_TAU[family(self.model_name)]))
 
@@ -275,7 +281,7 @@ class Index:
             top_n=self.top_n,
             images=self.store.count(),
             size_bytes=self.store.size_on_disk(),
-            tau={m: self.tau(m) for m in scoring.names()},
+            tau={m: self.tau(m) for m in self.methods()},
         )
 
     def captions(self, image: ImageInput) -> list[Caption]:
@@ -329,7 +335,7 @@ class Index:
     ) -> Comparison:
         """One pair under every scoring method, the verdict at each method's tau, and the
         captions the two images share. ``tau`` overrides the default method's threshold."""
-        methods = scoring.names() if methods is None else methods
+        methods = self.methods() if methods is None else methods
         taus = {m: self.tau(m) for m in methods}
         if tau is not None and config.DEFAULT_METHOD in taus:
             taus[config.DEFAULT_METHOD] = tau

@@ -235,7 +235,12 @@ class ModelWorker:
         out["caption_vector"] = np.zeros((n, self.model.text_dim), np.float32)
         out["caption_ids"] = np.full((n, self.top), -1, np.int64)
         out["caption_scores"] = np.zeros((n, self.top), np.float32)
+        # Width 0: no concept bags (a model without classes, or settings that ask for none).
+        bags = [r.concept_vector for r in records if r.concept_vector is not None]
+        out["concept_vector"] = np.zeros((n, len(bags[0]) if bags else 0), np.float32)
         for i, record in zip(good, records):
+            if record.concept_vector is not None:
+                out["concept_vector"][i] = record.concept_vector
             out["image_vector"][i] = record.image_vector
             out["caption_vector"][i] = record.caption_vector
             out["caption_ids"][i] = record.caption_ids
@@ -369,6 +374,7 @@ def _store_results(data: Any, writer: BatchWriter, batch_size: int) -> None:  # 
                     caption_vector=batch["caption_vector"][i],
                     caption_ids=batch["caption_ids"][i].tolist(),
                     caption_scores=batch["caption_scores"][i].tolist(),
+                    concept_vector=bag if len(bag := batch["concept_vector"][i]) else None,
                 )
             )
         if records:

@@ -228,6 +228,7 @@ class Description:
     path: Path | None = None
     indexed_id: int | None = None
     pixels: Image.Image | None = None
+    concept_vector: np.ndarray | None = None  # its concept bag, where the index keeps them
 
     def captions(self, texts: list[str]) -> list[Caption]:
         return [Caption(texts[i], float(s)) for i, s in zip(self.caption_ids, self.caption_scores)]

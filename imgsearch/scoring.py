@@ -32,12 +32,14 @@ if TYPE_CHECKING:
 
 CAPTION = "caption_vector"
 IMAGE = "image_vector"
+CONCEPT = "concept_vector"
 
 
 class Context:
     """What a method needs of its index besides the rows: the caption bank, the settings
-    the index was made with, the hybrid's weight, and the collection's mean vectors. The
-    bank and the means are read only when a method needs them."""
+    the index was made with, the hybrid's weight, the collection's mean vectors, and
+    whether the index keeps concept bags (its settings ask for them and its model has class
+    probabilities). The bank and the means are read only when a method needs them."""
 
     def __init__(
         self,
@@ -45,11 +47,13 @@ class Context:
         settings: CaptionSettings,
         alpha: float,
         means: Callable[[], dict[str, np.ndarray]],
+        concepts: bool = False,
     ):
         self._bank = bank
         self.settings = settings
         self.alpha = alpha
         self.means = means
+        self.concepts = concepts
 
     @property
     def bank(self) -> CaptionBank:
@@ -61,6 +65,9 @@ class Context:
 
     def image_mean(self) -> np.ndarray:
         return self.means()["image"]
+
+    def concept_mean(self) -> np.ndarray:
+        return self.means()["concept"]
 
 
 class Rows:
@@ -115,6 +122,11 @@ class Method:
 
     def score(self, ctx: Context, a: Description, b: Description) -> float:
         return float(self.vector(ctx, a) @ self.vector(ctx, b))
+
+    def available(self, ctx: Context) -> bool:
+        """Whether this index can score by it: what lists of every method (status, compare,
+        evaluate) offer. Asked for by name where it is not, it says why in one line."""
+        return True
 
     def threshold(self, ctx: Context, meta: dict[str, str], family: str, empty: bool) -> float:
         """The tau an index records for it, else its default for the model's family."""
@@ -200,6 +212,43 @@ class HybridScore(Method):
 
     def dim(self, ctx: Context, image_dim: Callable[[], int]) -> int:
         return int(ctx.bank.vectors.shape[1]) + image_dim()
+
+
+class ConceptScore(Method):
+    """The bag-of-concepts caption score: each image's best concepts of the bank, matched
+    straight from the classifier's class probabilities (``indexer.ConceptBridge``), centred
+    on the collection's mean bag. Scores are sums over the concepts two images share."""
+
+    name = "concepts"
+    columns = (CONCEPT,)
+    # Best pair accuracy on the development sets (benchmarks/caption_quality.py). CLIP keeps
+    # no bags (no class probabilities): its value is never used.
+    tau = {"offline": 0.1, "clip": 0.1}
+    description = "shared concepts (from class probabilities)"
+    uncentred_tau: ClassVar[dict[str, float]] = {"offline": 0.5, "clip": 0.5}
+
+    def available(self, ctx: Context) -> bool:
+        return ctx.concepts
+
+    def vectors(self, ctx: Context, rows: Rows) -> np.ndarray:
+        return centered(rows.column(CONCEPT), ctx.concept_mean())
+
+    def vector(self, ctx: Context, image: Description) -> np.ndarray:
+        if image.concept_vector is None:
+            raise ImgsearchError(
+                f"{image.label} has no concept bag: this index keeps none (made before "
+                "imgsearch kept them, or with a model without class probabilities); make a "
+                "new one with 'imgsearch index FOLDER --db NEW' to score by concepts"
+            )
+        return centered(image.concept_vector, ctx.concept_mean())
+
+    def dim(self, ctx: Context, image_dim: Callable[[], int]) -> int:
+        return int(np.size(ctx.concept_mean()))
+
+    def threshold(self, ctx: Context, meta: dict[str, str], family: str, empty: bool) -> float:
+        if empty:
+            return self.uncentred_tau[family]
+        return super().threshold(ctx, meta, family, empty)
 
 
 class PixelScore(Method):
@@ -326,6 +375,6 @@ def parse(text: str | Iterable[str]) -> list[str]:
     return chosen
 
 
-for _method in (CaptionScore, CaptionAverage, ImageScore, HybridScore, Ssim, Fsim):
+for _method in (CaptionScore, CaptionAverage, ImageScore, HybridScore, ConceptScore, Ssim, Fsim):
     register(_method)
 assert config.DEFAULT_METHOD in _METHODS

@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from imgsearch.errors import ImgsearchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -58,6 +58,9 @@ images_table = sa.Table(
     sa.Column("image_vector", sa.LargeBinary, nullable=False),
     sa.Column("caption_vector", sa.LargeBinary, nullable=False),
     sa.Column("indexed_at", sa.Float, nullable=False),
+    # The image's concept bag (schema 2): NULL in rows stored before, or by a model
+    # without class probabilities.
+    sa.Column("concept_vector", sa.LargeBinary, nullable=True),
 )
 
 image_captions_table = sa.Table(
@@ -91,8 +94,16 @@ def _migration_1(conn: sa.Connection) -> None:
     conn.execute(meta_table.insert().values(key="generation", value="0"))
 
 
+def _migration_2(conn: sa.Connection) -> None:
+    """The nullable concept_vector column; rows stored before keep NULL there."""
+    if "concept_vector" in {c["name"] for c in sa.inspect(conn).get_columns("images")}:
+        return  # made by _migration_1 from today's table definition
+    kind = sa.LargeBinary().compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE images ADD COLUMN concept_vector {kind}"))
+
+
 # Numbered schema steps; index i brings a database from version i to i + 1.
-MIGRATIONS = [_migration_1]
+MIGRATIONS = [_migration_1, _migration_2]
 
 
 @dataclass
@@ -110,6 +121,7 @@ class ImageRecord:
     caption_ids: list[int]
     caption_scores: list[float]
     id: int | None = None
+    concept_vector: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,14 @@ def _blob(vector: np.ndarray) -> bytes:
 
 def _vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.float32)
+
+
+def _maybe_blob(vector: np.ndarray | None) -> bytes | None:
+    return None if vector is None else _blob(vector)
+
+
+def _maybe_vector(blob: bytes | None) -> np.ndarray | None:
+    return None if blob is None else _vector(blob)
 
 
 def is_url(db: str | os.PathLike) -> bool:
@@ -364,6 +384,7 @@ class Store:
                         height=r.height,
                         image_vector=_blob(r.image_vector),
                         caption_vector=_blob(r.caption_vector),
+                        concept_vector=_maybe_blob(r.concept_vector),
                         indexed_at=now,
                     )
                 ).inserted_primary_key[0]
@@ -465,28 +486,49 @@ class Store:
             caption_ids=[c for c, _ in caps],
             caption_scores=[s for _, s in caps],
             id=row.id,
+            concept_vector=_maybe_vector(row.concept_vector),
         )
 
     def vectors(self, column: str) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """All images' ids, paths and one vector column ('caption_vector' or 'image_vector')."""
+        """All images' ids, paths and one vector column ('caption_vector', 'image_vector' or
+        'concept_vector'; an image without the vector is an error, see ``missing``)."""
         t = images_table
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.c.id, t.c.path, t.c[column]).order_by(t.c.id)).all()
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         if not rows:
             return ids, [], np.zeros((0, 0), np.float32)
-        return ids, [r[1] for r in rows], np.stack([_vector(r[2]) for r in rows])
+        return ids, [r[1] for r in rows], np.stack([self._stored(column, r[2]) for r in rows])
+
+    def missing(self, column: str) -> int:
+        """How many images have no vector in a nullable column (``concept_vector``)."""
+        t = images_table
+        query = sa.select(sa.func.count()).select_from(t).where(t.c[column].is_(None))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one()
+
+    def _stored(self, column: str, blob: bytes | None) -> np.ndarray:
+        if blob is None:
+            raise ImgsearchError(
+                f"the index at {self.name} keeps no {column.replace('_', ' ')}s (made before "
+                "they were kept, or by a model without class probabilities): make a new one "
+                "with 'imgsearch index FOLDER --db NEW' to use them"
+            )
+        return _vector(blob)
 
     def vector_chunks(
-        self, columns: Sequence[str], size: int = 32768
+        self, columns: Sequence[str], size: int = 32768, present: bool = False
     ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
         """Every image's id and vector ``columns`` in id order, ``size`` images at a time:
         for collections too large to load whole. Each page is its own query, found through
-        the primary key from the last id of the one before (not by skipping rows)."""
+        the primary key from the last id of the one before (not by skipping rows).
+        ``present``: only the images that have every one of the columns."""
         t = images_table
         last = None
         while True:
             query = sa.select(t.c.id, *(t.c[c] for c in columns)).order_by(t.c.id).limit(size)
+            if present:
+                query = query.where(*(t.c[c].is_not(None) for c in columns))
             if last is not None:
                 query = query.where(t.c.id > last)
             with self.engine.connect() as conn:
@@ -495,7 +537,10 @@ class Store:
                 return
             last = rows[-1][0]
             ids = np.array([r[0] for r in rows], dtype=np.int64)
-            yield ids, [np.stack([_vector(r[n]) for r in rows]) for n in range(1, len(columns) + 1)]
+            yield ids, [
+                np.stack([self._stored(columns[n - 1], r[n]) for r in rows])
+                for n in range(1, len(columns) + 1)
+            ]
 
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         ids = [int(i) for i in ids]

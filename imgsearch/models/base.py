@@ -41,6 +41,9 @@ class ImageEmbeddings:
 
     image: np.ndarray  # (B, image_dim)
     text_space: np.ndarray  # (B, text_dim)
+    # A classifier backend's class probabilities (softmax of its logits, T=1), over the
+    # classes whose text vectors are ``Model.class_vectors``; None for CLIP.
+    class_probs: np.ndarray | None = None  # (B, classes)
 
 
 class Model(ABC):
@@ -51,6 +54,9 @@ class Model(ABC):
     text_dim: int
     preprocess: Preprocess
     device: torch.device
+    # A classifier backend: the text vectors of its classes ("a photo of a {class}"), numpy
+    # (classes, text_dim), which ``ImageEmbeddings.class_probs`` weight. None: no classes.
+    class_text_vectors: np.ndarray | None = None
 
     @property
     def input_size(self) -> int:
@@ -74,7 +80,8 @@ class Backend:
     ``matches`` says whether a model name is this backend's; ``identify`` turns a name as
     given into the one an index records; ``load`` makes the model; ``preprocess`` gives the
     decode side of its preprocessing from its configuration alone, without the weights
-    (None when that is not on this machine).
+    (None when that is not on this machine); ``class_probs``: its images come with class
+    probabilities (``ImageEmbeddings.class_probs``), which concept bags are made from.
     """
 
     name: str
@@ -83,6 +90,7 @@ class Backend:
     identify: Callable[[str], str]
     load: Callable[[str, torch.device], Model]
     preprocess: Callable[[str], Preprocess | None]
+    class_probs: bool = False
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
