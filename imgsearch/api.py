@@ -214,6 +214,12 @@ class Index:
         empty = not self.store.count()
         return scorer.threshold(self.scoring, self.meta, family(self.model_name), empty)
 
+    @property
+    def default_method(self) -> str:
+        """How ``query`` ranks unless told: what the index recorded when it was made (the
+        concepts score for a new offline index), else ``config.DEFAULT_METHOD``."""
+        return self.meta.get("default_method", config.DEFAULT_METHOD)
+
     def methods(self, ranking: bool = False) -> list[str]:
         """The scoring methods this index can use (``scoring.names`` less those it keeps no
         vectors for, such as concepts in an index made before they were kept)."""
@@ -253,7 +259,7 @@ class Index:
         if (summary.added or summary.updated or summary.moved or summary.removed) and (
             self.store.count()
         ):
-            self.vectors.index(config.DEFAULT_METHOD)  # built now, so the first query is quick
+            self.vectors.index(self.default_method)  # built now, so the first query is quick
         summary.seconds = time.perf_counter() - start
         return summary
 
@@ -294,9 +300,11 @@ class Index:
         k: int = config.DEFAULT_K,
         under: str | os.PathLike | None = None,
         explain: bool = False,
-        method: str = config.DEFAULT_METHOD,
+        method: str | None = None,
     ) -> list[Hit]:
-        """Rank the collection by similarity to one image (or the average of several)."""
+        """Rank the collection by similarity to one image (or the average of several), by
+        ``method`` (default: the index's own, ``default_method``)."""
+        method = self.default_method if method is None else method
         scorer = scoring.get(method, ranking=True)
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
@@ -480,9 +488,10 @@ class Index:
         queries build to it, and ``search_index`` rebuilds now. Returns it in bytes."""
         return self.vectors.set_memory(size)
 
-    def search_index(self, method: str = config.DEFAULT_METHOD) -> VectorIndex:
+    def search_index(self, method: str | None = None) -> VectorIndex:
         """The method's search index, loaded or (stale, damaged or built to another memory
         budget) rebuilt and saved: what queries use."""
+        method = self.default_method if method is None else method
         scoring.get(method, ranking=True)
         if not self.store.count():
             raise ImgsearchError(f"the index at {self.store.name} has no images yet")
@@ -579,6 +588,10 @@ def _new_index(
     bank_name, bank = indexer.new_bank(loaded, captions)
     kind = family(loaded.name)
     taus = {f"tau.{m}": str(scoring.get(m).tau[kind]) for m in scoring.names()}
+    # Concept bags rank better than today's caption score where the model makes them
+    # (benchmarks/caption_quality.py); an index records its default, so old ones keep theirs.
+    bags = settings.concepts > 0 and backend(loaded.name).class_probs
+    default = scoring.ConceptScore.name if bags else config.DEFAULT_METHOD
     store.save_bank(
         bank.texts,
         bank.vectors,
@@ -588,6 +601,7 @@ def _new_index(
             "captions_digest": bank_digest(bank.texts),
             "caption_settings": settings.to_json(),
             "hybrid_alpha": str(config.HYBRID_ALPHA),
+            "default_method": default,
             "root": _stored_root(store, root),
             "created": str(time.time()),
             "db_id": secrets.token_hex(16),  # what files derived from it are stamped with

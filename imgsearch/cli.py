@@ -238,9 +238,9 @@ def index(
 @click.option(
     "--method",
     type=MethodChoice(),
-    default=config.DEFAULT_METHOD,
-    show_default=True,
-    help="Scoring: caption space (tuned), the paper's caption average, image vectors, or a mix.",
+    help="Scoring: caption space (tuned), the paper's caption average, image vectors, a mix, "
+    "or shared concepts (default: the index's own: concepts for a new offline index, else "
+    "caption).",
 )
 @db_option
 @device_option
@@ -252,7 +252,7 @@ def query(
     k: int,
     under: Path | None,
     explain: bool,
-    method: str,
+    method: str | None,
     db: Db,
     device: str,
     html_file: Path | None,
@@ -263,7 +263,7 @@ def query(
         raise ImgsearchError("give one or more query images, or --text (not both)")
     with Index.open(db, device=device) as ix:
         if text:
-            if method != config.DEFAULT_METHOD:
+            if method not in (None, "caption"):
                 raise ImgsearchError("--text ranks by the caption score only; drop --method")
             hits = ix.query_text(text, k=k, under=under, explain=explain or bool(html_file))
         else:
