@@ -1,5 +1,5 @@
 """Caption-score quality with the offline model: today's caption score, the concept bags,
-the image vectors and the hybrid, side by side on labeled folders.
+the image vectors, the hybrid and the concepts' hybrid, side by side on labeled folders.
 
 One command, re-runnable (each folder is indexed once into ``bench-out/``, then only
 measured)::
@@ -26,7 +26,7 @@ from imgsearch.evaluate import evaluate_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "clothing-small"
-METHODS = ["caption", "concepts", "image", "hybrid"]
+METHODS = ["caption", "concepts", "image", "hybrid", "concept_hybrid"]
 
 
 def database(folder: Path) -> Path:

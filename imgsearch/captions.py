@@ -84,12 +84,14 @@ DEFAULT_SETTINGS = CaptionSettings(
 @dataclass
 class Captioned:
     """Images' top-N captions (ids, match scores, best first) and their caption vectors;
-    ``concepts``: their concept bags, when the model and the settings make them."""
+    ``concepts``: their concept bags and ``confidence`` their classifier's top class
+    probability (T=1), when the model and the settings make bags."""
 
     ids: np.ndarray
     scores: np.ndarray
     vectors: np.ndarray
     concepts: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
 
 @dataclass

@@ -338,12 +338,13 @@ def remove(path: Path, db: Db, as_json: bool) -> None:
 
 methods_option = click.option(
     "--methods",
-    help="Comma-separated scoring methods to report (default: every one).",
+    help="Comma-separated scoring methods to report (default: every one the index can use).",
 )
 
 
-def parse_methods(text: str | None) -> list[str]:
-    return scoring.names() if text is None else scoring.parse(text)
+def parse_methods(text: str | None) -> list[str] | None:
+    """The methods asked for; None: every one the index can use."""
+    return None if text is None else scoring.parse(text)
 
 
 @main.command()
@@ -422,10 +423,11 @@ def compare(
     if as_json:
         emit(result.to_dict())
         return
-    click.echo(f"{'method':<12}{'score':>8}{'tau':>8}  verdict")
+    width = max([12, *(len(m) + 2 for m in result.scores)])
+    click.echo(f"{'method':<{width}}{'score':>8}{'tau':>8}  verdict")
     for method, score in result.scores.items():
         verdict = "similar" if result.similar[method] else "not similar"
-        click.echo(f"{method:<12}{score:>8.4f}{result.tau[method]:>8.3f}  {verdict}")
+        click.echo(f"{method:<{width}}{score:>8.4f}{result.tau[method]:>8.3f}  {verdict}")
     click.echo(f"shared captions: {shared_text(result.shared)}")
 
 

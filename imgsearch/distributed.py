@@ -238,9 +238,11 @@ class ModelWorker:
         # Width 0: no concept bags (a model without classes, or settings that ask for none).
         bags = [r.concept_vector for r in records if r.concept_vector is not None]
         out["concept_vector"] = np.zeros((n, len(bags[0]) if bags else 0), np.float32)
+        out["class_confidence"] = np.zeros(n, np.float32)
         for i, record in zip(good, records):
             if record.concept_vector is not None:
                 out["concept_vector"][i] = record.concept_vector
+                out["class_confidence"][i] = record.class_confidence
             out["image_vector"][i] = record.image_vector
             out["caption_vector"][i] = record.caption_vector
             out["caption_ids"][i] = record.caption_ids
@@ -374,7 +376,8 @@ def _store_results(data: Any, writer: BatchWriter, batch_size: int) -> None:  # 
                     caption_vector=batch["caption_vector"][i],
                     caption_ids=batch["caption_ids"][i].tolist(),
                     caption_scores=batch["caption_scores"][i].tolist(),
-                    concept_vector=bag if len(bag := batch["concept_vector"][i]) else None,
+                    concept_vector=bag if (has := len(bag := batch["concept_vector"][i])) else None,
+                    class_confidence=float(batch["class_confidence"][i]) if has else None,
                 )
             )
         if records:

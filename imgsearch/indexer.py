@@ -336,6 +336,7 @@ def describe_pixels(
         bridge = concept_bridge(model, bank)
         if bridge is not None:
             captioned.concepts = bridge.bags(vectors.class_probs, settings.concepts)
+            captioned.confidence = vectors.class_probs.max(axis=1)
     return vectors, captioned
 
 
@@ -362,6 +363,7 @@ def embed_batch(
             caption_ids=captioned.ids[i].tolist(),
             caption_scores=captioned.scores[i].tolist(),
             concept_vector=None if captioned.concepts is None else captioned.concepts[i],
+            class_confidence=None if captioned.confidence is None else captioned.confidence[i],
         )
         for i, item in enumerate(items)
     ]
@@ -532,6 +534,7 @@ class Embedding:
             None,
             image,
             None if found.concepts is None else found.concepts[0],
+            None if found.confidence is None else float(found.confidence[0]),
         )
 
     def describe_file(self, path: Path, relative: str | None, name: object = None) -> Description:
@@ -551,6 +554,7 @@ class Embedding:
                     path,
                     record.id,
                     concept_vector=record.concept_vector,
+                    class_confidence=record.class_confidence,
                 )
         try:
             image = decode(path).image

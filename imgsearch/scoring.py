@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 CAPTION = "caption_vector"
 IMAGE = "image_vector"
 CONCEPT = "concept_vector"
+CONFIDENCE = "class_confidence"
 
 
 class Context:
@@ -253,6 +254,34 @@ class ConceptScore(Method):
         return super().threshold(ctx, meta, family, empty)
 
 
+class ConceptHybrid(ConceptScore):
+    """The concepts score mixed with the centred image score, per image: each image's rows
+    are [sqrt(a) u, sqrt(1 - a) x] with a = ``weight`` x its classifier's top class
+    probability, so that images the classifier is sure of lean on their concepts and the
+    others on their pixels' features."""
+
+    name = "concept_hybrid"
+    columns = (CONCEPT, IMAGE, CONFIDENCE)
+    # Best pair thresholds on the development sets (benchmarks/caption_quality.py).
+    tau = {"offline": 0.05, "clip": 0.05}
+    description = "shared concepts and image vectors, weighted by the classifier's confidence"
+    uncentred_tau: ClassVar[dict[str, float]] = {"offline": 0.5, "clip": 0.5}
+    weight: ClassVar[float] = 0.8
+
+    def vectors(self, ctx: Context, rows: Rows) -> np.ndarray:
+        concepts = super().vectors(ctx, rows)
+        images = centered(rows.column(IMAGE), ctx.image_mean())
+        return hybrid_vectors(concepts, images, self.weight * rows.column(CONFIDENCE))
+
+    def vector(self, ctx: Context, image: Description) -> np.ndarray:
+        concepts = super().vector(ctx, image)
+        alpha = self.weight * float(image.class_confidence or 0.0)
+        return hybrid_vectors(concepts, centered(image.image_vector, ctx.image_mean()), alpha)
+
+    def dim(self, ctx: Context, image_dim: Callable[[], int]) -> int:
+        return super().dim(ctx, image_dim) + image_dim()
+
+
 class PixelScore(Method):
     """A classic full-reference image-quality measure on decoded pixels (no vectors):
     the baselines the paper compares with. Scores pairs only."""
@@ -329,8 +358,11 @@ def compare(
     )
 
 
-def hybrid_vectors(captions: np.ndarray, images: np.ndarray, alpha: float) -> np.ndarray:
-    """Rows whose inner products are alpha * caption score + (1 - alpha) * image score."""
+def hybrid_vectors(
+    captions: np.ndarray, images: np.ndarray, alpha: float | np.ndarray
+) -> np.ndarray:
+    """Rows whose inner products are alpha * caption score + (1 - alpha) * image score
+    (``alpha`` one weight, or one per row as a (rows, 1) column)."""
     parts = [np.sqrt(alpha) * captions, np.sqrt(1 - alpha) * images]
     return np.concatenate(parts, axis=-1).astype(np.float32)
 
@@ -377,6 +409,15 @@ def parse(text: str | Iterable[str]) -> list[str]:
     return chosen
 
 
-for _method in (CaptionScore, CaptionAverage, ImageScore, HybridScore, ConceptScore, Ssim, Fsim):
+for _method in (
+    CaptionScore,
+    CaptionAverage,
+    ImageScore,
+    HybridScore,
+    ConceptScore,
+    ConceptHybrid,
+    Ssim,
+    Fsim,
+):
     register(_method)
 assert config.DEFAULT_METHOD in _METHODS

@@ -58,9 +58,10 @@ images_table = sa.Table(
     sa.Column("image_vector", sa.LargeBinary, nullable=False),
     sa.Column("caption_vector", sa.LargeBinary, nullable=False),
     sa.Column("indexed_at", sa.Float, nullable=False),
-    # The image's concept bag (schema 2): NULL in rows stored before, or by a model
-    # without class probabilities.
+    # The image's concept bag and its classifier's top class probability (schema 2): NULL
+    # in rows stored before, or by a model without class probabilities.
     sa.Column("concept_vector", sa.LargeBinary, nullable=True),
+    sa.Column("class_confidence", sa.Float, nullable=True),
 )
 
 image_captions_table = sa.Table(
@@ -95,11 +96,13 @@ def _migration_1(conn: sa.Connection) -> None:
 
 
 def _migration_2(conn: sa.Connection) -> None:
-    """The nullable concept_vector column; rows stored before keep NULL there."""
-    if "concept_vector" in {c["name"] for c in sa.inspect(conn).get_columns("images")}:
-        return  # made by _migration_1 from today's table definition
-    kind = sa.LargeBinary().compile(dialect=conn.dialect)
-    conn.execute(sa.text(f"ALTER TABLE images ADD COLUMN concept_vector {kind}"))
+    """The nullable concept_vector and class_confidence columns; rows stored before keep
+    NULL there."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("images")}
+    for name in ("concept_vector", "class_confidence"):
+        if name not in have:  # else made by _migration_1 from today's table definition
+            kind = images_table.c[name].type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE images ADD COLUMN {name} {kind}"))
 
 
 # Numbered schema steps; index i brings a database from version i to i + 1.
@@ -122,6 +125,7 @@ class ImageRecord:
     caption_scores: list[float]
     id: int | None = None
     concept_vector: np.ndarray | None = None
+    class_confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -385,6 +389,7 @@ class Store:
                         image_vector=_blob(r.image_vector),
                         caption_vector=_blob(r.caption_vector),
                         concept_vector=_maybe_blob(r.concept_vector),
+                        class_confidence=r.class_confidence,
                         indexed_at=now,
                     )
                 ).inserted_primary_key[0]
@@ -487,11 +492,13 @@ class Store:
             caption_scores=[s for _, s in caps],
             id=row.id,
             concept_vector=_maybe_vector(row.concept_vector),
+            class_confidence=row.class_confidence,
         )
 
     def vectors(self, column: str) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """All images' ids, paths and one vector column ('caption_vector', 'image_vector' or
-        'concept_vector'; an image without the vector is an error, see ``missing``)."""
+        """All images' ids, paths and one vector column ('caption_vector', 'image_vector',
+        'concept_vector'; a number column such as 'class_confidence' comes as 1-vectors; an
+        image without the value is an error, see ``missing``)."""
         t = images_table
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.c.id, t.c.path, t.c[column]).order_by(t.c.id)).all()
@@ -507,10 +514,12 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one()
 
-    def _stored(self, column: str, blob: bytes | None) -> np.ndarray:
+    def _stored(self, column: str, blob: bytes | float | None) -> np.ndarray:
+        if isinstance(blob, float):
+            return np.array([blob], np.float32)
         if blob is None:
             raise ImgsearchError(
-                f"the index at {self.name} keeps no {column.replace('_', ' ')}s (made before "
+                f"the index at {self.name} keeps no {column.replace('_', ' ')} (made before "
                 "they were kept, or by a model without class probabilities): make a new one "
                 "with 'imgsearch index FOLDER --db NEW' to use them"
             )
@@ -537,10 +546,8 @@ class Store:
                 return
             last = rows[-1][0]
             ids = np.array([r[0] for r in rows], dtype=np.int64)
-            yield ids, [
-                np.stack([self._stored(columns[n - 1], r[n]) for r in rows])
-                for n in range(1, len(columns) + 1)
-            ]
+            stored = [[self._stored(c, r[n]) for r in rows] for n, c in enumerate(columns, 1)]
+            yield ids, [np.stack(vectors) for vectors in stored]
 
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         ids = [int(i) for i in ids]

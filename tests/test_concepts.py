@@ -64,19 +64,29 @@ def test_query_by_concepts_ranks_a_smaller_copy_first(indexed: Path, tmp_path: P
     image = sample("astronaut")
     copy = tmp_path / "small.png"
     image.resize((image.width // 2, image.height // 2)).save(copy)
-    result = run("query", str(copy), "--method", "concepts", "--json", "--explain", cwd=indexed)
-    assert result.exit_code == 0, result.output
-    hits = json.loads(result.stdout)
-    assert Path(hits[0]["path"]).name == "astronaut.jpg"
-    assert hits[0]["score"] > 0.8 > hits[1]["score"]
-    assert hits[0]["shared"]  # explained by the stored captions the two share
+    for method in ("concepts", "concept_hybrid"):
+        result = run("query", str(copy), "--method", method, "--json", "--explain", cwd=indexed)
+        assert result.exit_code == 0, result.output
+        hits = json.loads(result.stdout)
+        assert Path(hits[0]["path"]).name == "astronaut.jpg"
+        assert hits[0]["score"] > 0.8 > hits[1]["score"]
+        assert hits[0]["shared"]  # explained by the stored captions the two share
+    # The default ranking of a new offline index is the concepts score.
+    default = run("query", str(copy), "--json", cwd=indexed)
+    assert [h["score"] for h in json.loads(default.stdout)] == [
+        h["score"]
+        for h in json.loads(
+            run("query", str(copy), "--method", "concepts", "--json", cwd=indexed).stdout
+        )
+    ]
 
 
 def _make_schema_1(db: Path) -> None:
-    """Turn a new index into what imgsearch made before schema 2: no concept column, and
+    """Turn a new index into what imgsearch made before schema 2: no concept columns, and
     caption settings without the concepts field."""
     with sqlite3.connect(db) as conn:
         conn.execute("ALTER TABLE images DROP COLUMN concept_vector")
+        conn.execute("ALTER TABLE images DROP COLUMN class_confidence")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
         (text,) = conn.execute("SELECT value FROM meta WHERE key = 'caption_settings'").fetchone()
         settings = json.loads(text)
@@ -102,19 +112,35 @@ def test_an_index_made_before_concepts_opens_and_queries_as_before(indexed: Path
     store = Store.open(db)
     try:
         assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "2"
-        assert store.missing("concept_vector") == store.count() == 8
+        assert store.missing("concept_vector") == store.missing("class_confidence") == 8
     finally:
         store.close()
 
-    refused = run(*query, "--method", "concepts", cwd=indexed)
-    assert refused.exit_code == 1
-    assert "imgsearch index FOLDER --db NEW" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
+    assert run(*query, cwd=indexed).stdout == before["caption"]  # its default stays caption
+    for method in ("concepts", "concept_hybrid"):
+        refused = run(*query, "--method", method, cwd=indexed)
+        assert refused.exit_code == 1
+        assert "imgsearch index FOLDER --db NEW" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
     status = run("status", "--json", cwd=indexed)
     assert status.exit_code == 0 and "concepts" not in json.loads(status.stdout)["tau"]
-    compared = run("compare", str(indexed / "chelsea.jpg"), str(indexed / "coffee.jpg"), "--json")
-    assert compared.exit_code == 0 and "concepts" not in json.loads(compared.stdout)["methods"]
+    chelsea, coffee = str(indexed / "chelsea.jpg"), str(indexed / "coffee.jpg")
+    compared = run("compare", chelsea, coffee, "--json", cwd=indexed)
+    assert compared.exit_code == 0, compared.output
+    assert set(json.loads(compared.stdout)["methods"]) == {
+        "caption",
+        "caption_avg",
+        "image",
+        "hybrid",
+        "ssim",
+        "fsim",
+    }
     # A new file indexed into the old index gets no bag either: the index stays as it was.
     sample("chelsea").save(indexed / "chelsea-2.jpg")
     assert run("index", str(indexed), "-q").exit_code == 0
     assert run(*query, "--method", "caption", cwd=indexed).exit_code == 0
+    store = Store.open(db)
+    try:
+        assert store.count() == store.missing("concept_vector") == 9
+    finally:
+        store.close()
