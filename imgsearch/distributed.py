@@ -33,7 +33,7 @@ import numpy as np
 
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import FileInfo, Pixels, Preprocess, load_pixels
-from imgsearch.indexer import BatchWriter, Loaded, Runner, embed_batch
+from imgsearch.indexer import BatchWriter, Loaded, Runner, concept_bridge, embed_batch
 from imgsearch.models import preprocess_for
 
 if TYPE_CHECKING:
@@ -213,6 +213,9 @@ class ModelWorker:
         self.bank = CaptionBank(texts, vectors)
         self.settings = CaptionSettings.from_json(settings)
         self.top = min(self.settings.top_n, len(texts))
+        # Every batch has the same columns: the concept ones only where bags are made.
+        bridge = concept_bridge(self.model, self.bank) if self.settings.concepts else None
+        self.concepts = bridge.size if bridge is not None else 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         good = [i for i, error in enumerate(batch["error"]) if not error]
@@ -235,12 +238,11 @@ class ModelWorker:
         out["caption_vector"] = np.zeros((n, self.model.text_dim), np.float32)
         out["caption_ids"] = np.full((n, self.top), -1, np.int64)
         out["caption_scores"] = np.zeros((n, self.top), np.float32)
-        # Width 0: no concept bags (a model without classes, or settings that ask for none).
-        bags = [r.concept_vector for r in records if r.concept_vector is not None]
-        out["concept_vector"] = np.zeros((n, len(bags[0]) if bags else 0), np.float32)
-        out["class_confidence"] = np.zeros(n, np.float32)
+        if self.concepts:
+            out["concept_vector"] = np.zeros((n, self.concepts), np.float32)
+            out["class_confidence"] = np.zeros(n, np.float32)
         for i, record in zip(good, records):
-            if record.concept_vector is not None:
+            if self.concepts and record.concept_vector is not None:
                 out["concept_vector"][i] = record.concept_vector
                 out["class_confidence"][i] = record.class_confidence
             out["image_vector"][i] = record.image_vector
@@ -355,6 +357,7 @@ def _store_results(data: Any, writer: BatchWriter, batch_size: int) -> None:  # 
 
     seen: set[str] = set()
     for batch in data.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        bags = "concept_vector" in batch  # see ModelWorker
         records = []
         for i, path in enumerate(str(p) for p in batch["path"]):
             if path in seen:  # a retried batch is never delivered twice; this makes sure
@@ -376,8 +379,8 @@ def _store_results(data: Any, writer: BatchWriter, batch_size: int) -> None:  # 
                     caption_vector=batch["caption_vector"][i],
                     caption_ids=batch["caption_ids"][i].tolist(),
                     caption_scores=batch["caption_scores"][i].tolist(),
-                    concept_vector=bag if (has := len(bag := batch["concept_vector"][i])) else None,
-                    class_confidence=float(batch["class_confidence"][i]) if has else None,
+                    concept_vector=batch["concept_vector"][i] if bags else None,
+                    class_confidence=float(batch["class_confidence"][i]) if bags else None,
                 )
             )
         if records:
