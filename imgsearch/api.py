@@ -27,7 +27,7 @@ from imgsearch.collection import Collection, MoveStopped
 from imgsearch.derived import Derived
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import OVER_LIMIT, Limits, relative_path, shown, valid_name
-from imgsearch.models import family
+from imgsearch.models import backend, family
 from imgsearch.results import (
     Caption,
     Cluster,
@@ -115,6 +115,7 @@ class Index:
             self.settings,
             self.hybrid_alpha,
             lambda: self.derived.means(self.bank.vectors.shape[1]),
+            concepts=self.settings.concepts > 0 and backend(self.model_name).class_probs,
         )
         self.vectors = Vectors(store, self.derived, self.scoring, self.meta)
 
@@ -214,6 +215,17 @@ class Index:
         empty = not self.store.count()
         return scorer.threshold(self.scoring, self.meta, family(self.model_name), empty)
 
+    @property
+    def default_method(self) -> str:
+        """How ``query`` ranks unless told: what the index recorded when it was made (the
+        concepts score for a new offline index), else ``config.DEFAULT_METHOD``."""
+        return self.meta.get("default_method", config.DEFAULT_METHOD)
+
+    def methods(self, ranking: bool = False) -> list[str]:
+        """The scoring methods this index can use (``scoring.names`` less those it keeps no
+        vectors for, such as concepts in an index made before they were kept)."""
+        return [m for m in scoring.names(ranking) if scoring.get(m).available(self.scoring)]
+
     def graph_tau(self) -> float:
         return float(self.meta.get("tau.graph", config.GRAPH_TAU[family(self.model_name)]))
 
@@ -250,7 +262,7 @@ class Index:
         if (summary.added or summary.updated or summary.moved or summary.removed) and (
             self.store.count()
         ):
-            self.vectors.index(config.DEFAULT_METHOD)  # built now, so the first query is quick
+            self.vectors.index(self.default_method)  # built now, so the first query is quick
         summary.seconds = time.perf_counter() - start
         return summary
 
@@ -290,7 +302,7 @@ class Index:
             top_n=self.top_n,
             images=self.store.count(),
             size_bytes=self.store.size_on_disk(),
-            tau={m: self.tau(m) for m in scoring.names()},
+            tau={m: self.tau(m) for m in self.methods()},
         )
 
     def captions(self, image: ImageInput) -> list[Caption]:
@@ -303,9 +315,11 @@ class Index:
         k: int = config.DEFAULT_K,
         under: str | os.PathLike | None = None,
         explain: bool = False,
-        method: str = config.DEFAULT_METHOD,
+        method: str | None = None,
     ) -> list[Hit]:
-        """Rank the collection by similarity to one image (or the average of several)."""
+        """Rank the collection by similarity to one image (or the average of several), by
+        ``method`` (default: the index's own, ``default_method``)."""
+        method = self.default_method if method is None else method
         scorer = scoring.get(method, ranking=True)
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
@@ -345,7 +359,7 @@ class Index:
         """One pair under every scoring method, the verdict at each method's tau, and the
         captions the two images share. ``tau`` overrides the default method's threshold."""
         tau = scoring.check_score(tau)
-        methods = scoring.names() if methods is None else methods
+        methods = self.methods() if methods is None else methods
         taus = {m: self.tau(m) for m in methods}
         if tau is not None and config.DEFAULT_METHOD in taus:
             taus[config.DEFAULT_METHOD] = tau
@@ -507,9 +521,10 @@ class Index:
         queries build to it, and ``search_index`` rebuilds now. Returns it in bytes."""
         return self.vectors.set_memory(size)
 
-    def search_index(self, method: str = config.DEFAULT_METHOD) -> VectorIndex:
+    def search_index(self, method: str | None = None) -> VectorIndex:
         """The method's search index, loaded or (stale, damaged or built to another memory
         budget) rebuilt and saved: what queries use."""
+        method = self.default_method if method is None else method
         scoring.get(method, ranking=True)
         if not self.store.count():
             raise ImgsearchError(f"the index at {self.store.name} has no images yet")
@@ -639,6 +654,10 @@ def _new_index(
     bank_name, bank = indexer.new_bank(loaded, captions)
     kind = family(loaded.name)
     taus = {f"tau.{m}": str(scoring.get(m).tau[kind]) for m in scoring.names()}
+    # Concept bags rank better than today's caption score where the model makes them
+    # (benchmarks/caption_quality.py); an index records its default, so old ones keep theirs.
+    bags = settings.concepts > 0 and backend(loaded.name).class_probs
+    default = scoring.ConceptScore.name if bags else config.DEFAULT_METHOD
     store.save_bank(
         bank.texts,
         bank.vectors,
@@ -648,6 +667,7 @@ def _new_index(
             "captions_digest": bank_digest(bank.texts),
             "caption_settings": settings.to_json(),
             "hybrid_alpha": str(config.HYBRID_ALPHA),
+            "default_method": default,
             "root": _stored_root(store, root),
             "created": str(time.time()),
             "db_id": secrets.token_hex(16),  # what files derived from it are stamped with

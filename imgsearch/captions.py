@@ -62,6 +62,9 @@ class CaptionSettings:
     weighting: str = "none"  # "none" (the paper), "score", or "softmax" (of score / temperature)
     temperature: float = 0.1
     center_collection: bool = False  # score by cos(m_a - mean, m_b - mean)
+    # Concepts kept in each image's concept bag (``indexer.ConceptBridge``; 0: no bags). Only
+    # a model with class probabilities (the offline one) makes bags.
+    concepts: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -75,17 +78,21 @@ PAPER = CaptionSettings()
 # What a new index records unless told otherwise: measured best on the development set by
 # benchmarks/tune_caption.py.
 DEFAULT_SETTINGS = CaptionSettings(
-    top_n=20, weighting="softmax", temperature=0.1, center_collection=True
+    top_n=20, weighting="softmax", temperature=0.1, center_collection=True, concepts=500
 )
 
 
 @dataclass
 class Captioned:
-    """Images' top-N captions (ids, match scores, best first) and their caption vectors."""
+    """Images' top-N captions (ids, match scores, best first) and their caption vectors;
+    ``concepts``: their concept bags and ``confidence`` their classifier's top class
+    probability (T=1), when the model and the settings make bags."""
 
     ids: np.ndarray
     scores: np.ndarray
     vectors: np.ndarray
+    concepts: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
 
 @dataclass

@@ -333,9 +333,9 @@ def index(
 @click.option(
     "--method",
     type=MethodChoice(),
-    default=config.DEFAULT_METHOD,
-    show_default=True,
-    help="Scoring: caption space (tuned), the paper's caption average, image vectors, or a mix.",
+    help="Scoring: caption space (tuned), the paper's caption average, image vectors, a mix, "
+    "or shared concepts (default: the index's own: concepts for a new offline index, else "
+    "caption).",
 )
 @db_option
 @device_option
@@ -347,7 +347,7 @@ def query(
     k: int,
     under: Path | None,
     explain: bool,
-    method: str,
+    method: str | None,
     db: Db,
     device: str,
     html_file: Path | None,
@@ -358,7 +358,7 @@ def query(
         raise ImgsearchError("give one or more query images, or --text (not both)")
     with Index.open(db, device=device) as ix:
         if text:
-            if method != config.DEFAULT_METHOD:
+            if method not in (None, "caption"):
                 raise ImgsearchError("--text ranks by the caption score only; drop --method")
             hits = ix.query_text(text, k=k, under=under, explain=explain or bool(html_file))
         else:
@@ -437,12 +437,13 @@ def remove(path: Path, db: Db, as_json: bool) -> None:
 
 methods_option = click.option(
     "--methods",
-    help="Comma-separated scoring methods to report (default: every one).",
+    help="Comma-separated scoring methods to report (default: every one the index can use).",
 )
 
 
-def parse_methods(text: str | None) -> list[str]:
-    return scoring.names() if text is None else scoring.parse(text)
+def parse_methods(text: str | None) -> list[str] | None:
+    """The methods asked for; None: every one the index can use."""
+    return None if text is None else scoring.parse(text)
 
 
 @main.command()
@@ -530,10 +531,11 @@ def compare(
     if as_json:
         emit(result.to_dict())
         return
-    click.echo(f"{'method':<12}{'score':>8}{'tau':>8}  verdict")
+    width = max([12, *(len(m) + 2 for m in result.scores)])
+    click.echo(f"{'method':<{width}}{'score':>8}{'tau':>8}  verdict")
     for method, score in result.scores.items():
         verdict = "similar" if result.similar[method] else "not similar"
-        click.echo(f"{method:<12}{score:>8.4f}{result.tau[method]:>8.3f}  {verdict}")
+        click.echo(f"{method:<{width}}{score:>8.4f}{result.tau[method]:>8.3f}  {verdict}")
     click.echo(f"shared captions: {shared_text(result.shared)}")
 
 

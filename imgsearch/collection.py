@@ -173,7 +173,9 @@ class Collection:
         tau: float | None,
     ) -> Evaluation:
         tau = scoring.check_score(tau)
-        methods = scoring.names() if methods is None else methods
+        if methods is None:
+            context = self.vectors.context
+            methods = [m for m in scoring.names() if scoring.get(m).available(context)]
         states = self.store.file_states()
         paths = sorted(states, key=lambda p: states[p].id)  # rows in id order, as vectors come
         inputs: dict[str, MethodInput] = {}

@@ -29,6 +29,9 @@ from imgsearch.storage import FileState, Store
 
 T = TypeVar("T")
 
+# The vector columns whose collection means are kept (``{name}_vector``).
+MEANS = ("caption", "image", "concept")
+
 
 class Derived:
     """What is derived from one index's database, in memory and on disk."""
@@ -105,7 +108,8 @@ class Derived:
         return IndexedFile(state.id, path, state.hash, state.size, state.mtime_ns)
 
     def means(self, caption_dim: int) -> dict[str, np.ndarray]:
-        """The collection's mean caption and image vectors (zeros while it has none)."""
+        """The collection's mean caption, image and concept vectors (zeros while it has
+        none; the concept mean is over the images that have a concept bag)."""
         return self.memo("means", lambda: self._load_means(caption_dim))
 
     def _load_means(self, caption_dim: int) -> dict[str, np.ndarray]:
@@ -115,11 +119,12 @@ class Derived:
         if saved is not None:
             return saved
         means = {}
-        for name in ("caption", "image"):
+        for name in MEANS:
             # A page at a time, summed row by row: numpy's own order for a column mean, so
             # the same float32 result without holding every vector.
             total, count = None, 0
-            for ids, (stored,) in self.store.vector_chunks([f"{name}_vector"]):
+            chunks = self.store.vector_chunks([f"{name}_vector"], present=name == "concept")
+            for ids, (stored,) in chunks:
                 rows = stored if total is None else np.vstack([total[None], stored])
                 total, count = np.add.reduce(rows, axis=0), count + len(ids)
             dim = caption_dim if name == "caption" else 1
@@ -177,7 +182,7 @@ def _read_means(path: Path, stamp: str) -> dict[str, np.ndarray] | None:
         with np.load(io.BytesIO(data)) as saved:
             if str(saved["stamp"]) != stamp:
                 return None
-            means = {"caption": saved["caption"], "image": saved["image"]}
+            means = {name: saved[name] for name in MEANS}
             digest = str(saved["digest"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None

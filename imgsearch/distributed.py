@@ -35,7 +35,7 @@ import numpy as np
 
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import DEFAULT_LIMITS, FileInfo, Limits, Pixels, Preprocess, load_pixels
-from imgsearch.indexer import BatchWriter, Loaded, Runner, embed_batch
+from imgsearch.indexer import BatchWriter, Loaded, Runner, concept_bridge, embed_batch
 from imgsearch.models import preprocess_for
 
 if TYPE_CHECKING:
@@ -266,6 +266,9 @@ class ModelWorker:
         self.bank = CaptionBank(texts, vectors)
         self.settings = CaptionSettings.from_json(settings)
         self.top = min(self.settings.top_n, len(texts))
+        # Every batch has the same columns: the concept ones only where bags are made.
+        bridge = concept_bridge(self.model, self.bank) if self.settings.concepts else None
+        self.concepts = bridge.size if bridge is not None else 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _hold_if_asked()
@@ -289,7 +292,13 @@ class ModelWorker:
         out["caption_vector"] = np.zeros((n, self.model.text_dim), np.float32)
         out["caption_ids"] = np.full((n, self.top), -1, np.int64)
         out["caption_scores"] = np.zeros((n, self.top), np.float32)
+        if self.concepts:
+            out["concept_vector"] = np.zeros((n, self.concepts), np.float32)
+            out["class_confidence"] = np.zeros(n, np.float32)
         for i, record in zip(good, records):
+            if self.concepts and record.concept_vector is not None:
+                out["concept_vector"][i] = record.concept_vector
+                out["class_confidence"][i] = record.class_confidence
             out["image_vector"][i] = record.image_vector
             out["caption_vector"][i] = record.caption_vector
             out["caption_ids"][i] = record.caption_ids
@@ -404,6 +413,7 @@ def _store_results(data: Any, writer: BatchWriter, batch_size: int) -> None:  # 
 
     seen: set[str] = set()
     for batch in data.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        bags = "concept_vector" in batch  # see ModelWorker
         records = []
         for i, path in enumerate(str(p) for p in batch["path"]):
             if path in seen:  # a retried batch is never delivered twice; this makes sure
@@ -425,6 +435,8 @@ def _store_results(data: Any, writer: BatchWriter, batch_size: int) -> None:  # 
                     caption_vector=batch["caption_vector"][i],
                     caption_ids=batch["caption_ids"][i].tolist(),
                     caption_scores=batch["caption_scores"][i].tolist(),
+                    concept_vector=batch["concept_vector"][i] if bags else None,
+                    class_confidence=float(batch["class_confidence"][i]) if bags else None,
                 )
             )
         if records:

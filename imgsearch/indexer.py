@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
 import stat
 import sys
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from imgsearch.captions import CaptionBank, Captioned, CaptionSettings, read_bank
+from imgsearch.captions import CaptionBank, Captioned, CaptionSettings, bank_digest, read_bank
 from imgsearch.colours import COLOUR_CAPTIONS, MIN_STRENGTH, ColourReading, read_colours
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import (
@@ -49,6 +50,7 @@ from imgsearch.files import (
     valid_name,
     walk,
 )
+from imgsearch.relations import short_caption
 from imgsearch.results import Description, IndexSummary, Skipped
 from imgsearch.storage import ImageRecord, Store
 
@@ -287,11 +289,108 @@ def _decoded(
             threads.shutdown(wait=True, cancel_futures=True)
 
 
+# The concept bridge (measured on both development sets, see ConceptBridge): class
+# probabilities softened to T=3, and how fast a caption's match falls with its distance from
+# a class prompt (exp((cos - 1) / 0.05)).
+CONCEPT_TEMPERATURE = 3.0
+CONCEPT_KERNEL = 0.05
+
+# Templates of the caption bank that short_caption leaves on (scripts/make_caption_bank.py).
+_WEARING = re.compile(r"^(?:an?\s+)?person\s+wearing\s+(.+)$", re.IGNORECASE)
+_ON_TABLE = re.compile(r"^(.+?)\s+on\s+a\s+table$", re.IGNORECASE)
+_ARTICLE = re.compile(r"^(?:an?|the)\s+", re.IGNORECASE)
+
+
+def concept_name(caption: str) -> str:
+    """The concept a bank caption puts in a template, case-folded: "a photo of a person
+    wearing a hat", "a close-up photo of a hat" -> "hat"."""
+    name = short_caption(caption)
+    for template in (_WEARING, _ON_TABLE):
+        match = template.match(name)
+        if match:
+            name = _ARTICLE.sub("", match.group(1)).strip() or name
+    return name.casefold()
+
+
+class ConceptBridge:
+    """From a classifier's class probabilities to a bag of the bank's concepts.
+
+    A bank caption j matches an image by s_j = sum_c p_c A_cj, where p is the softmax of
+    the logits at ``temperature`` and A_cj = exp((cos(t_c, b_j) - 1) / ``kernel``) how
+    close caption j is to class c's prompt vector t_c. The bank's captions group into
+    concepts (one name in several templates, ``concept_name``); an image's bag holds, for
+    each of its ``top`` best concepts, the best s_j among that concept's captions, scaled
+    to unit length. A is fixed per (model, bank): ``concept_bridge`` makes it once.
+    """
+
+    def __init__(
+        self,
+        class_vectors: np.ndarray,
+        texts: list[str],
+        caption_vectors: np.ndarray,
+        temperature: float = CONCEPT_TEMPERATURE,
+        kernel: float = CONCEPT_KERNEL,
+    ):
+        cosines = np.asarray(class_vectors, np.float64) @ np.asarray(caption_vectors, np.float64).T
+        self.kernel = np.exp((cosines - 1.0) / kernel).astype(np.float32)  # (classes, captions)
+        self.temperature = temperature
+        ids: dict[str, int] = {}
+        self.concept = np.array([ids.setdefault(concept_name(t), len(ids)) for t in texts])
+        self.names = list(ids)
+        # Captions ordered by concept, and where each concept's run starts: one reduceat
+        # takes every concept's best caption.
+        self._order = np.argsort(self.concept, kind="stable")
+        runs = np.diff(self.concept[self._order]) != 0
+        self._starts = np.flatnonzero(np.r_[True, runs])
+
+    @property
+    def size(self) -> int:
+        """How many concepts the bank has: the length of a bag."""
+        return len(self.names)
+
+    def caption_scores(self, probs: np.ndarray) -> np.ndarray:
+        """Every bank caption's match score s, (B, captions), from probabilities at T=1."""
+        # softmax(z / T) is p^(1 / T) rescaled: the probabilities at T=1 are enough.
+        tempered = np.power(np.atleast_2d(np.asarray(probs, np.float64)), 1.0 / self.temperature)
+        tempered /= np.maximum(tempered.sum(axis=1, keepdims=True), 1e-300)
+        return tempered.astype(np.float32) @ self.kernel
+
+    def bags(self, probs: np.ndarray, top: int) -> np.ndarray:
+        """Unit concept bags (B, concepts): each concept's best caption score, the ``top``
+        best concepts kept."""
+        scores = self.caption_scores(probs)
+        best = np.maximum.reduceat(scores[:, self._order], self._starts, axis=1)
+        best = np.maximum(best, 0.0)
+        if top < best.shape[1]:
+            cut = np.argpartition(-best, top - 1, axis=1)[:, top:]
+            np.put_along_axis(best, cut, 0.0, axis=1)
+        norms = np.linalg.norm(best, axis=1, keepdims=True)
+        return (best / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+_BRIDGES: dict[tuple[str, str], ConceptBridge] = {}
+
+
+def concept_bridge(model: Model, bank: CaptionBank) -> ConceptBridge | None:
+    """The model's bridge to the bank's concepts, made once per (model, bank) in a process;
+    None for a model without classes (CLIP)."""
+    classes = getattr(model, "class_text_vectors", None)
+    if classes is None:
+        return None
+    key = (model.name, bank_digest(bank.texts))
+    if key not in _BRIDGES:
+        if len(_BRIDGES) >= 4:
+            _BRIDGES.clear()
+        _BRIDGES[key] = ConceptBridge(classes, bank.texts, bank.vectors)
+    return _BRIDGES[key]
+
+
 def describe_pixels(
     pixels: np.ndarray, model: Model, bank: CaptionBank, settings: CaptionSettings
 ) -> tuple[ImageEmbeddings, Captioned]:
     """A uint8 (B, H, W, 3) batch made by the model's preprocessing to its vectors and its
-    top-N captions: what an indexed photo and a query photo alike are made of.
+    top-N captions (and concept bags, when the model has class probabilities and the
+    settings ask for bags): what an indexed photo and a query photo alike are made of.
 
     For a model that cannot see colour (its backend says ``pixel_colours``), and a bank that
     has the colour captions, the colours come from the pixels instead (``with_colours``).
@@ -299,17 +398,24 @@ def describe_pixels(
     vectors = model.encode_images(pixels)
     colour_ids = pixel_colour_ids(model, bank)
     if not colour_ids:
-        return vectors, bank.describe(vectors.text_space, settings)
-    n = min(settings.top_n, len(bank.texts))
-    scores, ids = bank.top(vectors.text_space, n + len(colour_ids))
-    pixels = np.asarray(pixels)
-    rows = [
-        with_colours(read_colours(pixels[i]), scores[i], ids[i], colour_ids, n)
-        for i in range(len(ids))
-    ]
-    ids = np.array([r[0] for r in rows], dtype=np.int64)
-    scores = np.array([r[1] for r in rows], dtype=np.float32)
-    return vectors, Captioned(ids, scores, bank.combine(ids, scores, settings))
+        captioned = bank.describe(vectors.text_space, settings)
+    else:
+        n = min(settings.top_n, len(bank.texts))
+        scores, ids = bank.top(vectors.text_space, n + len(colour_ids))
+        pixels = np.asarray(pixels)
+        rows = [
+            with_colours(read_colours(pixels[i]), scores[i], ids[i], colour_ids, n)
+            for i in range(len(ids))
+        ]
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        scores = np.array([r[1] for r in rows], dtype=np.float32)
+        captioned = Captioned(ids, scores, bank.combine(ids, scores, settings))
+    if settings.concepts and vectors.class_probs is not None:
+        bridge = concept_bridge(model, bank)
+        if bridge is not None:
+            captioned.concepts = bridge.bags(vectors.class_probs, settings.concepts)
+            captioned.confidence = vectors.class_probs.max(axis=1)
+    return vectors, captioned
 
 
 def pixel_colour_ids(model: Model, bank: CaptionBank) -> dict[str, int]:
@@ -394,6 +500,8 @@ def embed_batch(
             caption_vector=captioned.vectors[i],
             caption_ids=captioned.ids[i].tolist(),
             caption_scores=captioned.scores[i].tolist(),
+            concept_vector=None if captioned.concepts is None else captioned.concepts[i],
+            class_confidence=None if captioned.confidence is None else captioned.confidence[i],
         )
         for i, item in enumerate(items)
     ]
@@ -568,6 +676,8 @@ class Embedding:
             path,
             None,
             image,
+            None if found.concepts is None else found.concepts[0],
+            None if found.confidence is None else float(found.confidence[0]),
         )
 
     def describe_file(self, path: Path, relative: str | None, name: object = None) -> Description:
@@ -586,6 +696,8 @@ class Embedding:
                     str(path.resolve()),
                     path,
                     record.id,
+                    concept_vector=record.concept_vector,
+                    class_confidence=record.class_confidence,
                 )
         try:
             image = decode(path, limits=self.limits).image

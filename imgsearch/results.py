@@ -228,6 +228,8 @@ class Description:
     path: Path | None = None
     indexed_id: int | None = None
     pixels: Image.Image | None = None
+    concept_vector: np.ndarray | None = None  # its concept bag, where the index keeps them
+    class_confidence: float | None = None  # its classifier's top class probability, with it
 
     def captions(self, texts: list[str]) -> list[Caption]:
         return [Caption(texts[i], float(s)) for i, s in zip(self.caption_ids, self.caption_scores)]
@@ -275,7 +277,8 @@ class Evaluation:
 
     def table(self) -> str:
         """A readable report, laid out like the paper's table (metric, threshold, accuracy)."""
-        head = f"{'method':<12}" + "".join(f"{k:>8}" for k in RETRIEVAL)
+        width = max([12, *(len(m) + 2 for m in self.methods)])
+        head = f"{'method':<{width}}" + "".join(f"{k:>8}" for k in RETRIEVAL)
         head += f"{'tau':>8}{'acc@tau':>9}{'best tau':>9}{'acc@best':>9}{'auc':>8}"
         lines = [
             f"{self.images} images, {self.labels} labels, {self.pairs} pairs "
@@ -289,7 +292,7 @@ class Evaluation:
                 f"folder or skipped), e.g. {self.missing[0]}",
             )
         for method, values in self.methods.items():
-            row = f"{method:<12}"
+            row = f"{method:<{width}}"
             row += "".join(f"{values[k]:>8.4f}" if k in values else f"{'-':>8}" for k in RETRIEVAL)
             row += f"{values['threshold']:>8.3f}{values['pair_accuracy']:>9.4f}"
             row += f"{values['best_threshold']:>9.3f}{values['pair_accuracy_best']:>9.4f}"

@@ -33,12 +33,15 @@ if TYPE_CHECKING:
 
 CAPTION = "caption_vector"
 IMAGE = "image_vector"
+CONCEPT = "concept_vector"
+CONFIDENCE = "class_confidence"
 
 
 class Context:
     """What a method needs of its index besides the rows: the caption bank, the settings
-    the index was made with, the hybrid's weight, and the collection's mean vectors. The
-    bank and the means are read only when a method needs them."""
+    the index was made with, the hybrid's weight, the collection's mean vectors, and
+    whether the index keeps concept bags (its settings ask for them and its model has class
+    probabilities). The bank and the means are read only when a method needs them."""
 
     def __init__(
         self,
@@ -46,11 +49,13 @@ class Context:
         settings: CaptionSettings,
         alpha: float,
         means: Callable[[], dict[str, np.ndarray]],
+        concepts: bool = False,
     ):
         self._bank = bank
         self.settings = settings
         self.alpha = alpha
         self.means = means
+        self.concepts = concepts
 
     @property
     def bank(self) -> CaptionBank:
@@ -62,6 +67,9 @@ class Context:
 
     def image_mean(self) -> np.ndarray:
         return self.means()["image"]
+
+    def concept_mean(self) -> np.ndarray:
+        return self.means()["concept"]
 
 
 class Rows:
@@ -116,6 +124,11 @@ class Method:
 
     def score(self, ctx: Context, a: Description, b: Description) -> float:
         return float(self.vector(ctx, a) @ self.vector(ctx, b))
+
+    def available(self, ctx: Context) -> bool:
+        """Whether this index can score by it: what lists of every method (status, compare,
+        evaluate) offer. Asked for by name where it is not, it says why in one line."""
+        return True
 
     def threshold(self, ctx: Context, meta: dict[str, str], family: str, empty: bool) -> float:
         """The tau an index records for it (calibrated on the collection by ``index``, or
@@ -212,6 +225,75 @@ class HybridScore(Method):
         return int(ctx.bank.vectors.shape[1]) + image_dim()
 
 
+class ConceptScore(Method):
+    """The bag-of-concepts caption score: each image's best concepts of the bank, matched
+    straight from the classifier's class probabilities (``indexer.ConceptBridge``), centred
+    on the collection's mean bag. Scores are sums over the concepts two images share."""
+
+    name = "concepts"
+    columns = (CONCEPT,)
+    # The best pair threshold on both development sets (0.070 clothing, 0.072 textures;
+    # benchmarks/caption_quality.py). CLIP keeps no bags (no class probabilities): its value
+    # is never used.
+    tau = {"offline": 0.07, "clip": 0.07}
+    description = "shared concepts (from class probabilities)"
+    # Uncentred (two images, no collection): best thresholds 0.54 and 0.47 on the same sets.
+    uncentred_tau: ClassVar[dict[str, float]] = {"offline": 0.5, "clip": 0.5}
+
+    def available(self, ctx: Context) -> bool:
+        return ctx.concepts
+
+    def vectors(self, ctx: Context, rows: Rows) -> np.ndarray:
+        return centered(rows.column(CONCEPT), ctx.concept_mean())
+
+    def vector(self, ctx: Context, image: Description) -> np.ndarray:
+        if image.concept_vector is None:
+            raise ImgsearchError(
+                f"{image.label} has no concept bag: this index keeps none (made before "
+                "imgsearch kept them, or with a model without class probabilities); make a "
+                "new one with 'imgsearch index FOLDER --db NEW' to score by concepts"
+            )
+        return centered(image.concept_vector, ctx.concept_mean())
+
+    def dim(self, ctx: Context, image_dim: Callable[[], int]) -> int:
+        return int(np.size(ctx.concept_mean()))
+
+    def threshold(self, ctx: Context, meta: dict[str, str], family: str, empty: bool) -> float:
+        if empty:
+            return self.uncentred_tau[family]
+        return super().threshold(ctx, meta, family, empty)
+
+
+class ConceptHybrid(ConceptScore):
+    """The concepts score mixed with the centred image score, per image: each image's rows
+    are [sqrt(a) u, sqrt(1 - a) x] with a = ``weight`` x its classifier's top class
+    probability, so that images the classifier is sure of lean on their concepts and the
+    others on their pixels' features."""
+
+    name = "concept_hybrid"
+    columns = (CONCEPT, IMAGE, CONFIDENCE)
+    # Pair accuracy 0.78 and 0.79 at 0.05 on the development sets (best thresholds 0.077 and
+    # 0.047; benchmarks/caption_quality.py). CLIP keeps no bags: its value is never used.
+    tau = {"offline": 0.05, "clip": 0.05}
+    description = "shared concepts and image vectors, weighted by the classifier's confidence"
+    # Uncentred: between the best thresholds on the same sets (0.40 and 0.29).
+    uncentred_tau: ClassVar[dict[str, float]] = {"offline": 0.35, "clip": 0.35}
+    weight: ClassVar[float] = 0.8
+
+    def vectors(self, ctx: Context, rows: Rows) -> np.ndarray:
+        concepts = super().vectors(ctx, rows)
+        images = centered(rows.column(IMAGE), ctx.image_mean())
+        return hybrid_vectors(concepts, images, self.weight * rows.column(CONFIDENCE))
+
+    def vector(self, ctx: Context, image: Description) -> np.ndarray:
+        concepts = super().vector(ctx, image)
+        alpha = self.weight * float(image.class_confidence or 0.0)
+        return hybrid_vectors(concepts, centered(image.image_vector, ctx.image_mean()), alpha)
+
+    def dim(self, ctx: Context, image_dim: Callable[[], int]) -> int:
+        return super().dim(ctx, image_dim) + image_dim()
+
+
 class PixelScore(Method):
     """A classic full-reference image-quality measure on decoded pixels (no vectors):
     the baselines the paper compares with. Scores pairs only."""
@@ -288,8 +370,11 @@ def compare(
     )
 
 
-def hybrid_vectors(captions: np.ndarray, images: np.ndarray, alpha: float) -> np.ndarray:
-    """Rows whose inner products are alpha * caption score + (1 - alpha) * image score."""
+def hybrid_vectors(
+    captions: np.ndarray, images: np.ndarray, alpha: float | np.ndarray
+) -> np.ndarray:
+    """Rows whose inner products are alpha * caption score + (1 - alpha) * image score
+    (``alpha`` one weight, or one per row as a (rows, 1) column)."""
     parts = [np.sqrt(alpha) * captions, np.sqrt(1 - alpha) * images]
     return np.concatenate(parts, axis=-1).astype(np.float32)
 
@@ -360,6 +445,15 @@ def parse(text: str | Iterable[str]) -> list[str]:
     return chosen
 
 
-for _method in (CaptionScore, CaptionAverage, ImageScore, HybridScore, Ssim, Fsim):
+for _method in (
+    CaptionScore,
+    CaptionAverage,
+    ImageScore,
+    HybridScore,
+    ConceptScore,
+    ConceptHybrid,
+    Ssim,
+    Fsim,
+):
     register(_method)
 assert config.DEFAULT_METHOD in _METHODS

@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from imgsearch.errors import ImgsearchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -62,6 +62,10 @@ images_table = sa.Table(
     sa.Column("image_vector", sa.LargeBinary, nullable=False),
     sa.Column("caption_vector", sa.LargeBinary, nullable=False),
     sa.Column("indexed_at", sa.Float, nullable=False),
+    # The image's concept bag and its classifier's top class probability (schema 2): NULL
+    # in rows stored before, or by a model without class probabilities.
+    sa.Column("concept_vector", sa.LargeBinary, nullable=True),
+    sa.Column("class_confidence", sa.Float, nullable=True),
 )
 
 image_captions_table = sa.Table(
@@ -95,8 +99,18 @@ def _migration_1(conn: sa.Connection) -> None:
     conn.execute(meta_table.insert().values(key="generation", value="0"))
 
 
+def _migration_2(conn: sa.Connection) -> None:
+    """The nullable concept_vector and class_confidence columns; rows stored before keep
+    NULL there."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("images")}
+    for name in ("concept_vector", "class_confidence"):
+        if name not in have:  # else made by _migration_1 from today's table definition
+            kind = images_table.c[name].type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE images ADD COLUMN {name} {kind}"))
+
+
 # Numbered schema steps; index i brings a database from version i to i + 1.
-MIGRATIONS = [_migration_1]
+MIGRATIONS = [_migration_1, _migration_2]
 
 
 @dataclass
@@ -114,6 +128,8 @@ class ImageRecord:
     caption_ids: list[int]
     caption_scores: list[float]
     id: int | None = None
+    concept_vector: np.ndarray | None = None
+    class_confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +146,14 @@ def _blob(vector: np.ndarray) -> bytes:
 
 def _vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.float32)
+
+
+def _maybe_blob(vector: np.ndarray | None) -> bytes | None:
+    return None if vector is None else _blob(vector)
+
+
+def _maybe_vector(blob: bytes | None) -> np.ndarray | None:
+    return None if blob is None else _vector(blob)
 
 
 def is_url(db: str | os.PathLike) -> bool:
@@ -403,6 +427,8 @@ class Store:
                         height=r.height,
                         image_vector=_blob(r.image_vector),
                         caption_vector=_blob(r.caption_vector),
+                        concept_vector=_maybe_blob(r.concept_vector),
+                        class_confidence=r.class_confidence,
                         indexed_at=now,
                     )
                 ).inserted_primary_key[0]
@@ -511,17 +537,39 @@ class Store:
             caption_ids=[c for c, _ in caps],
             caption_scores=[s for _, s in caps],
             id=row.id,
+            concept_vector=_maybe_vector(row.concept_vector),
+            class_confidence=row.class_confidence,
         )
 
     def vectors(self, column: str) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """All images' ids, paths and one vector column ('caption_vector' or 'image_vector')."""
+        """All images' ids, paths and one vector column ('caption_vector', 'image_vector',
+        'concept_vector'; a number column such as 'class_confidence' comes as 1-vectors; an
+        image without the value is an error, see ``missing``)."""
         t = images_table
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.c.id, t.c.path, t.c[column]).order_by(t.c.id)).all()
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         if not rows:
             return ids, [], np.zeros((0, 0), np.float32)
-        return ids, [r[1] for r in rows], np.stack([_vector(r[2]) for r in rows])
+        return ids, [r[1] for r in rows], np.stack([self._stored(column, r[2]) for r in rows])
+
+    def missing(self, column: str) -> int:
+        """How many images have no vector in a nullable column (``concept_vector``)."""
+        t = images_table
+        query = sa.select(sa.func.count()).select_from(t).where(t.c[column].is_(None))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one()
+
+    def _stored(self, column: str, blob: bytes | float | None) -> np.ndarray:
+        if isinstance(blob, float):
+            return np.array([blob], np.float32)
+        if blob is None:
+            raise ImgsearchError(
+                f"the index at {self.name} keeps no {column.replace('_', ' ')} (made before "
+                "they were kept, or by a model without class probabilities): make a new one "
+                "with 'imgsearch index FOLDER --db NEW' to use them"
+            )
+        return _vector(blob)
 
     def vectors_for(self, column: str, ids: Sequence[int]) -> np.ndarray:
         """One vector column of the images ``ids``, in that order (all must exist)."""
@@ -536,15 +584,18 @@ class Store:
         return np.stack([_vector(found[i]) for i in wanted])
 
     def vector_chunks(
-        self, columns: Sequence[str], size: int = 32768
+        self, columns: Sequence[str], size: int = 32768, present: bool = False
     ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
         """Every image's id and vector ``columns`` in id order, ``size`` images at a time:
         for collections too large to load whole. Each page is its own query, found through
-        the primary key from the last id of the one before (not by skipping rows)."""
+        the primary key from the last id of the one before (not by skipping rows).
+        ``present``: only the images that have every one of the columns."""
         t = images_table
         last = None
         while True:
             query = sa.select(t.c.id, *(t.c[c] for c in columns)).order_by(t.c.id).limit(size)
+            if present:
+                query = query.where(*(t.c[c].is_not(None) for c in columns))
             if last is not None:
                 query = query.where(t.c.id > last)
             with self.engine.connect() as conn:
@@ -553,7 +604,8 @@ class Store:
                 return
             last = rows[-1][0]
             ids = np.array([r[0] for r in rows], dtype=np.int64)
-            yield ids, [np.stack([_vector(r[n]) for r in rows]) for n in range(1, len(columns) + 1)]
+            stored = [[self._stored(c, r[n]) for r in rows] for n, c in enumerate(columns, 1)]
+            yield ids, [np.stack(vectors) for vectors in stored]
 
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         ids = [int(i) for i in ids]

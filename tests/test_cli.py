@@ -190,7 +190,9 @@ def test_compare_scores_a_pair_under_every_method(indexed: Path, tmp_path: Path)
     result = run("compare", str(indexed / "chelsea.jpg"), str(crop), "--json", cwd=indexed)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert list(report["methods"]) == ["caption", "caption_avg", "image", "hybrid", "ssim", "fsim"]
+    every = ["caption", "caption_avg", "image", "hybrid", "concepts", "concept_hybrid"]
+    every += ["ssim", "fsim"]
+    assert list(report["methods"]) == every
     for values in report["methods"].values():
         assert values["similar"] == (values["score"] >= values["tau"])
     assert report["methods"]["image"]["score"] > 0.8  # a crop of the same photo
@@ -234,7 +236,7 @@ def test_compare_without_an_index_uses_a_throwaway_one(tmp_path: Path) -> None:
 
 
 def test_query_by_method(indexed: Path) -> None:
-    for method in ["caption", "caption_avg", "image", "hybrid"]:
+    for method in ["caption", "caption_avg", "image", "hybrid", "concepts", "concept_hybrid"]:
         result = run(
             "query", str(indexed / "chelsea.jpg"), "--method", method, "--json", cwd=indexed
         )

@@ -24,7 +24,7 @@ def index_folder(folder: Path, bank: Path) -> None:
 
 
 def query(folder: Path, photo: Path) -> list[dict]:
-    done = run("query", str(photo), "-k", "7", "--json", cwd=folder)
+    done = run("query", str(photo), "-k", "7", "--method", "caption", "--json", cwd=folder)
     assert done.exit_code == 0, done.output
     return json.loads(done.stdout)
 

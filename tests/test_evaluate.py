@@ -80,7 +80,9 @@ def test_evaluate_reports_map_and_precision_per_method(tmp_path: Path) -> None:
     assert report["images"] == 12 and report["labels"] == 3 and report["default"] == "caption"
     assert report["pairs"] == 18 + 48  # no pairs.csv: every same pair, 48 different ones
     methods = report["methods"]
-    assert list(methods) == ["caption", "caption_avg", "image", "hybrid", "ssim", "fsim"]
+    every = ["caption", "caption_avg", "image", "hybrid", "concepts", "concept_hybrid"]
+    every += ["ssim", "fsim"]
+    assert list(methods) == every
     pair_keys = {"pair_accuracy", "pair_accuracy_best", "threshold", "best_threshold", "auc"}
     for name, values in methods.items():
         retrieval = {"map", "p@1", "p@5", "p@10"} if name not in ("ssim", "fsim") else set()

@@ -212,7 +212,7 @@ def test_search_index_is_saved_reused_and_rebuilt_when_stale(
     db = photos / ".imgsearch" / "index.db"
     make_index(photos, small_bank).add()
     first = Index.open(db).query(photos / "chelsea.jpg", k=3)
-    saved = db.with_name("index.db.caption.vix")
+    saved = db.with_name("index.db.concepts.vix")  # a new offline index ranks by concepts
     assert saved.is_file() and db.with_name("index.db.means.npz").is_file()
 
     # A new process loads both from disk: it never reads every vector from the database.

@@ -41,6 +41,9 @@ class ImageEmbeddings:
 
     image: np.ndarray  # (B, image_dim)
     text_space: np.ndarray  # (B, text_dim)
+    # A classifier backend's class probabilities (softmax of its logits, T=1), over the
+    # classes whose text vectors are ``Model.class_vectors``; None for CLIP.
+    class_probs: np.ndarray | None = None  # (B, classes)
 
 
 class Model(ABC):
@@ -51,6 +54,9 @@ class Model(ABC):
     text_dim: int
     preprocess: Preprocess
     device: torch.device
+    # A classifier backend: the text vectors of its classes ("a photo of a {class}"), numpy
+    # (classes, text_dim), which ``ImageEmbeddings.class_probs`` weight. None: no classes.
+    class_text_vectors: np.ndarray | None = None
 
     @property
     def input_size(self) -> int:
@@ -76,6 +82,8 @@ class Backend:
     decode side of its preprocessing from its configuration alone, without the weights
     (None when that is not on this machine). ``pixel_colours``: the model cannot see colour,
     so an image's colour captions are read from its pixels (``imgsearch.colours``) instead.
+    (None when that is not on this machine); ``class_probs``: its images come with class
+    probabilities (``ImageEmbeddings.class_probs``), which concept bags are made from.
     """
 
     name: str
@@ -85,6 +93,7 @@ class Backend:
     load: Callable[[str, torch.device], Model]
     preprocess: Callable[[str], Preprocess | None]
     pixel_colours: bool = False
+    class_probs: bool = False
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

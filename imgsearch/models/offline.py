@@ -68,7 +68,8 @@ class OfflineModel(Model):
         self.text_model = self.text_model.to(device).eval()
         self.class_names = imagenet_classes()
         prompts = [f"a photo of a {name}" for name in self.class_names]
-        self.class_vectors = torch.from_numpy(cached_text_vectors(self, prompts)).to(device)
+        self.class_text_vectors = cached_text_vectors(self, prompts)
+        self.class_vectors = torch.from_numpy(self.class_text_vectors).to(device)
 
     def encode_images(self, pixels: np.ndarray | torch.Tensor) -> ImageEmbeddings:
         import torch
@@ -76,12 +77,14 @@ class OfflineModel(Model):
         with torch.inference_mode():
             pixels = self.preprocess.normalize(pixels, self.device)
             features = self.net.forward_features(pixels)
-            probs = (self.net.classify(features) / self.temperature).softmax(dim=-1)
+            logits = self.net.classify(features).float()
+            probs = (logits / self.temperature).softmax(dim=-1)
             top_p, top_i = probs.topk(self.top_classes, dim=-1)
             text_space = torch.einsum("bk,bkd->bd", top_p, self.class_vectors[top_i])
             return ImageEmbeddings(
                 image=normalize(features.float().cpu().numpy()),
                 text_space=normalize(text_space.float().cpu().numpy()),
+                class_probs=logits.softmax(dim=-1).cpu().numpy(),
             )
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -106,4 +109,5 @@ BACKEND = Backend(
     preprocess=lambda _name: _preprocess(),
     # ImageNet classes and "a photo of a {class}" carry no colour: the pixels must say it.
     pixel_colours=True,
+    class_probs=True,
 )
