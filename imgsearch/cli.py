@@ -364,7 +364,8 @@ def query(
         else:
             shared = explain or bool(html_file)  # a report always explains
             hits = ix.query(list(images), k=k, under=under, explain=shared, method=method)
-        tau = ix.tau(method)  # a text query is a caption-space score too
+        # The threshold of the score that ranked: a text query's is the caption score's.
+        tau = ix.tau("caption" if text else method or ix.default_method)
         if html_file is not None:
             report.save(html_file, report.query_page(ix, hits, images, text))
             say(f"wrote {html_file}")
