@@ -271,6 +271,8 @@ class Index:
         ``Method.calibrate``), so any model gets a sensible threshold with no labels."""
         taus = {}
         for method in scoring.names(ranking=True):
+            if not scoring.get(method).available(self.scoring):
+                continue  # an index made before the method's inputs were stored
             tau = self.vectors.calibrated_tau(method)
             if tau is not None:
                 taus[f"tau.{method}"] = str(tau)

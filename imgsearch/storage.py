@@ -581,7 +581,7 @@ class Store:
                 part = wanted[start : start + 500]
                 query = sa.select(t.c.id, t.c[column]).where(t.c.id.in_(part))
                 found.update(conn.execute(query).all())
-        return np.stack([_vector(found[i]) for i in wanted])
+        return np.stack([self._stored(column, found[i]) for i in wanted])
 
     def vector_chunks(
         self, columns: Sequence[str], size: int = 32768, present: bool = False

@@ -70,7 +70,7 @@ def test_a_query_with_no_good_match_says_so(tmp_path: Path, small_bank: Path) ->
     store = Store.open(folder / ".imgsearch" / "index.db")
     store.set_meta({"tau.caption": "0.99"})  # nothing but a copy relates at 0.99
     store.close()
-    done = run("query", str(folder / "coffee.jpg"), "--json", cwd=folder)
+    done = run("query", str(folder / "coffee.jpg"), "--method", "caption", "--json", cwd=folder)
     hits = json.loads(done.stdout)
     assert not any(h["related"] for h in hits)
     line = f"no photo matches well: best {hits[0]['score']:.2f}, related above 0.99"
@@ -78,7 +78,7 @@ def test_a_query_with_no_good_match_says_so(tmp_path: Path, small_bank: Path) ->
     store = Store.open(folder / ".imgsearch" / "index.db")
     store.set_meta({"tau.caption": "-1"})
     store.close()
-    again = run("query", str(folder / "coffee.jpg"), "--json", cwd=folder)
+    again = run("query", str(folder / "coffee.jpg"), "--method", "caption", "--json", cwd=folder)
     assert "no photo matches well" not in again.stderr
     assert all(h["related"] for h in json.loads(again.stdout))
 
