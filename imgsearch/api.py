@@ -305,7 +305,15 @@ class Index:
             images=self.store.count(),
             size_bytes=self.store.size_on_disk(),
             tau={m: self.tau(m) for m in self.methods()},
+            coverage=self.coverage(),
         )
+
+    def coverage(self) -> float | None:
+        """How sure the model is of what the photos show, on average (its top class
+        probability; None without classes): where it is below ``config.COVERAGE_LOW``,
+        captions describe the collection loosely and image vectors may rank better."""
+        value = self.store.average("class_confidence")
+        return None if value is None else round(value, 4)
 
     def captions(self, image: ImageInput) -> list[Caption]:
         """The image's top-N captions with match scores: what its similarity rests on."""

@@ -313,6 +313,9 @@ def index(
                     f"search index: {built.kind}, {built.memory_bytes() / 2**20:.1f} MB in "
                     f"memory (budget {budget / 2**20:.1f} MB)"
                 )
+        note = coverage_note(ix)
+    if note and not quiet:
+        say(note)
     if as_json:
         emit(summary.to_dict())
         return
@@ -365,12 +368,16 @@ def query(
             shared = explain or bool(html_file)  # a report always explains
             hits = ix.query(list(images), k=k, under=under, explain=shared, method=method)
         # The threshold of the score that ranked: a text query's is the caption score's.
-        tau = ix.tau("caption" if text else method or ix.default_method)
+        ranked_by = "caption" if text else method or ix.default_method
+        tau = ix.tau(ranked_by)
+        note = coverage_note(ix) if ranked_by in ("caption", "caption_avg", "concepts") else None
         if html_file is not None:
             report.save(html_file, report.query_page(ix, hits, images, text))
             say(f"wrote {html_file}")
     if hits and hits[0].score < tau:
         say(f"no photo matches well: best {hits[0].score:.2f}, related above {tau:.2f}")
+    if note:
+        say(note)
     if as_json:
         emit(
             [
@@ -420,6 +427,21 @@ def status(db: Db, as_json: bool) -> None:
     click.echo(f"captions:  {info.captions} ({info.caption_count} captions, top {info.top_n})")
     click.echo(f"images:    {info.images}\nsize:      {info.size_bytes / 1e6:.1f} MB")
     click.echo("tau:       " + ", ".join(f"{m} {t:g}" for m, t in info.tau.items()))
+    if info.coverage is not None:
+        click.echo(
+            f"coverage:  {info.coverage:.2f} (captions fit loosely below {config.COVERAGE_LOW})"
+        )
+
+
+def coverage_note(ix: Index) -> str | None:
+    """One line where captions describe the collection loosely (see ``Index.coverage``)."""
+    coverage = ix.coverage()
+    if coverage is None or coverage >= config.COVERAGE_LOW:
+        return None
+    return (
+        f"captions describe this collection loosely (coverage {coverage:.2f}, below "
+        f"{config.COVERAGE_LOW}): --method concept_hybrid or image may rank better here"
+    )
 
 
 @main.command()

@@ -85,6 +85,9 @@ class Status:
     images: int
     size_bytes: int
     tau: dict[str, float]
+    # The mean of each image's top class probability (None for a model without classes, or
+    # an index made before they were kept): how well captions can describe the collection.
+    coverage: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

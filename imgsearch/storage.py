@@ -553,6 +553,13 @@ class Store:
             return ids, [], np.zeros((0, 0), np.float32)
         return ids, [r[1] for r in rows], np.stack([self._stored(column, r[2]) for r in rows])
 
+    def average(self, column: str) -> float | None:
+        """The mean of a number column over the images that have a value (None: none has)."""
+        t = images_table
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(sa.func.avg(t.c[column]))).scalar()
+        return None if value is None else float(value)
+
     def missing(self, column: str) -> int:
         """How many images have no vector in a nullable column (``concept_vector``)."""
         t = images_table

@@ -104,3 +104,27 @@ def test_evaluate_reports_text_query_recall(tmp_path: Path) -> None:
     queries.write_text("path,caption\nmissing.jpg,a photo of a cat\n")
     wrong = run(*args, "--text-queries", str(queries))
     assert wrong.exit_code == 1 and "missing.jpg: that photo is not indexed" in wrong.stderr
+
+
+def test_coverage_is_shown_and_a_loose_fit_is_said(
+    tmp_path: Path, small_bank: Path, monkeypatch
+) -> None:
+    folder = tmp_path / "photos"
+    write_photos(folder)
+    assert run("index", str(folder), "--model", "offline", "--captions", str(small_bank), "-q")
+    status = json.loads(run("status", "--json", cwd=folder).stdout)
+    store = Store.open(folder / ".imgsearch" / "index.db")
+    try:
+        _, _, confidence = store.vectors("class_confidence")
+    finally:
+        store.close()
+    assert status["coverage"] == pytest.approx(float(confidence.mean()), abs=1e-4)
+    assert 0 < status["coverage"] < 1
+    assert "coverage:" in run("status", cwd=folder).stdout
+    monkeypatch.setattr("imgsearch.config.COVERAGE_LOW", 1.01)  # every collection fits loosely
+    loose = run("query", str(folder / "coffee.jpg"), cwd=folder)
+    assert "captions describe this collection loosely" in loose.stderr
+    by_image = run("query", str(folder / "coffee.jpg"), "--method", "image", cwd=folder)
+    assert "loosely" not in by_image.stderr  # the advice is for caption-space rankings
+    monkeypatch.setattr("imgsearch.config.COVERAGE_LOW", 0.0)
+    assert "loosely" not in run("query", str(folder / "coffee.jpg"), cwd=folder).stderr
