@@ -22,7 +22,13 @@ import numpy as np
 from PIL import Image
 
 from imgsearch import config, indexer, scoring
-from imgsearch.captions import DEFAULT_SETTINGS, CaptionBank, CaptionSettings, bank_digest
+from imgsearch.captions import (
+    DEFAULT_BANK,
+    DEFAULT_SETTINGS,
+    CaptionBank,
+    CaptionSettings,
+    bank_digest,
+)
 from imgsearch.collection import Collection, MoveStopped
 from imgsearch.derived import Derived
 from imgsearch.errors import ImgsearchError
@@ -307,6 +313,16 @@ class Index:
             tau={m: self.tau(m) for m in self.methods()},
             coverage=self.coverage(),
         )
+
+    def bank_outdated(self) -> bool:
+        """Whether the index was made with an earlier packaged caption bank than this
+        release's (it keeps and uses its own: new captions, such as the colour ones, need a
+        new index)."""
+        if self.meta.get("captions") != DEFAULT_BANK:
+            return False
+        from imgsearch.captions import read_bank
+
+        return self.meta.get("captions_digest") != bank_digest(read_bank(None)[1])
 
     def coverage(self) -> float | None:
         """How sure the model is of what the photos show, on average (its top class

@@ -314,6 +314,11 @@ def index(
                     f"memory (budget {budget / 2**20:.1f} MB)"
                 )
         note = coverage_note(ix)
+        if ix.bank_outdated() and not quiet:
+            say(
+                "this index keeps the caption bank it was made with; this release's packaged "
+                "bank has changed (colour captions): make a new index with --db NEW to use it"
+            )
     if note and not quiet:
         say(note)
     if as_json:
@@ -357,7 +362,9 @@ def query(
     as_json: bool,
 ) -> None:
     """Rank the indexed images by similarity to IMAGES (averaged) or to --text."""
-    if bool(images) == bool(text):
+    if text is not None and not text.strip():
+        raise ImgsearchError("the query text is empty: give --text some words")
+    if bool(images) == (text is not None):
         raise ImgsearchError("give one or more query images, or --text (not both)")
     with Index.open(db, device=device) as ix:
         if text:
