@@ -196,7 +196,9 @@ def extract(
             for p in paths[i : i + batch_size]
         ]
         with torch.inference_mode():
-            pooled = model.net.forward_features(torch.stack(batch).to(model.device))
+            # preprocess crops to uint8 (as the decode workers do); normalize makes the batch
+            pixels = model.preprocess.normalize(np.stack(batch), model.device)
+            pooled = model.net.forward_features(pixels)
             logits.append(model.net.classify(pooled).float().cpu().numpy())
             features.append(pooled.float().cpu().numpy())
         done = min(i + batch_size, len(paths))
