@@ -50,7 +50,6 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:  # torch and imgsearch load after the photo pool has forked
-
     from imgsearch.models import Model
 
 REPO = Path(__file__).resolve().parent.parent

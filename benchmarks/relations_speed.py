@@ -14,7 +14,9 @@ about 0.999, like re-encoded photos). Timed, each on the whole collection:
 * ``graph_mutual``: ``graph_edges`` with ``k`` nearest, mutual only (a k-NN search).
 * ``components``: connected components of the first graph.
 * ``kmeans``: ``kmeans_clusters`` into ``--clusters``.
-* ``duplicates``: ``duplicate_groups`` at ``--dup-threshold``.
+* ``duplicates``: the duplicate finder's candidate pairs from the vectors (each pair is
+  then verified on the pixels, which needs photos: benchmarks/duplicates_speed.py) at
+  ``--dup-threshold``.
 
 With ``--json`` the table goes to stderr and one JSON object to stdout.
 """
@@ -33,7 +35,8 @@ from typing import Any, TypeVar
 import faiss
 import numpy as np
 
-from imgsearch.relations import components, duplicate_groups, graph_edges, kmeans_clusters
+from imgsearch.duplicates import vector_candidates
+from imgsearch.relations import components, graph_edges, kmeans_clusters
 
 T = TypeVar("T")
 
@@ -94,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     groups = timed(seconds, cpu, "components", lambda: components(len(vectors), edges))
     clusters = timed(seconds, cpu, "kmeans", lambda: kmeans_clusters(vectors, args.clusters))
-    sizes = np.random.default_rng(args.seed).integers(1, 50, len(vectors)) * 1_000_000
     duplicates = timed(
         seconds,
         cpu,
         "duplicates",
-        lambda: duplicate_groups(vectors, args.dup_threshold, sizes.tolist()),
+        lambda: vector_candidates(
+            lambda: iter([(np.arange(len(vectors)), vectors)]), len(vectors), args.dup_threshold
+        ),
     )
 
     # Recall of the graph's edges: exact pairs of 1000 sampled rows, by a flat scan.
@@ -129,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "components": len(groups),
         "largest_component": len(groups[0]) if groups else 0,
         "clusters": len(clusters),
-        "duplicate_groups": len(duplicates),
-        "duplicate_images": sum(len(g.others) + 1 for g in duplicates),
+        "duplicate_candidates": len(duplicates),
         "threads": faiss.omp_get_max_threads(),
         "cpus": os.cpu_count(),
         "faiss": faiss.__version__,
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "graph_mutual": f"{len(mutual)} edges, k={args.k} mutual, tau {args.tau}",
         "components": f"{len(groups)} components, largest {result['largest_component']}",
         "kmeans": f"{len(clusters)} clusters",
-        "duplicates": f"{len(duplicates)} groups, {result['duplicate_images']} images",
+        "duplicates": f"{len(duplicates)} candidate pairs",
     }
     for name, value in seconds.items():
         print(f"{name:<14}{value:>9.2f}{cpu[name]:>9.2f}  {notes[name]}", file=out)

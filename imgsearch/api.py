@@ -450,19 +450,35 @@ class Index:
         return self._collection().clusters(k, tau, method)
 
     def duplicate_threshold(self) -> float:
-        """The image-vector cosine at or above which two photos count as copies."""
+        """The image-vector cosine at or above which two photos are candidates to verify."""
         return config.DUPLICATE_THRESHOLD[family(self.model_name)]
 
-    def duplicates(self, threshold: float | None = None) -> list[Duplicates]:
-        """Near-duplicate groups (resized, re-encoded, cropped, mirrored copies) by image
-        vectors, the one to keep (most pixels) first. Nothing on disk is touched."""
-        return self._collection().duplicates(threshold)
+    def duplicates(
+        self,
+        threshold: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Duplicates]:
+        """Duplicate groups in tiers (``exact``, ``copy``, ``similar``), each with the photo
+        to keep and why, and every other member's score and evidence. Candidates come from
+        image vectors at ``threshold`` or above, orientation hashes and capture times; each is
+        verified on the pixels. ``progress(done, total)`` follows the verification. Nothing
+        on disk is touched."""
+        return self._collection().duplicates(threshold, self.limits, progress)
 
-    def move_duplicates(self, groups: list[Duplicates], folder: str | os.PathLike) -> list[Moved]:
-        """Move every group's ``others`` into ``folder`` (keeping their relative paths),
-        never overwriting a file, then bring the index up to date (moves need no model)."""
+    def duplicates_plan(
+        self, groups: list[Duplicates], folder: str | os.PathLike, include_similar: bool = False
+    ) -> list[tuple[Path, Path]]:
+        """What ``move_duplicates`` would move, and where (before any free-name suffix)."""
+        return self._collection().move_plan(groups, folder, include_similar)
+
+    def move_duplicates(
+        self, groups: list[Duplicates], folder: str | os.PathLike, include_similar: bool = False
+    ) -> list[Moved]:
+        """Move the members of ``exact`` and ``copy`` groups but the kept one (and of
+        ``similar`` groups with ``include_similar``) into ``folder``, keeping their relative
+        paths and never overwriting a file, then bring the index up to date (no model)."""
         try:
-            moved = self._collection().move_duplicates(groups, folder)
+            moved = self._collection().move_duplicates(groups, folder, include_similar)
         except MoveStopped as stopped:
             if stopped.moved:
                 self.add()  # the index follows the files that did move

@@ -674,42 +674,144 @@ def clusters(
 @click.option(
     "--threshold",
     type=Score(0.0, 1.0, low_open=True),
-    help="Image-vector cosine for copies, above 0 and at most 1 (default: the model's "
-    "calibrated value).",
+    help="Image-vector cosine at which two photos become candidates to verify, above 0 and "
+    "at most 1 (default: the model's). Copies are decided on the pixels, not by it.",
 )
 @click.option(
     "--move-to",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Move every copy but the one to keep into this folder.",
+    help="Move the exact and copy members but the one to keep into this folder (shows the "
+    "plan and asks first).",
 )
+@click.option("--include-similar", is_flag=True, help="With --move-to: move similar shots too.")
+@click.option("--yes", "-y", is_flag=True, help="With --move-to: move without asking.")
 @db_option
 @html_option
 @json_option
 def duplicates(
-    threshold: float | None, move_to: Path | None, db: Db, html_file: Path | None, as_json: bool
+    threshold: float | None,
+    move_to: Path | None,
+    include_similar: bool,
+    yes: bool,
+    db: Db,
+    html_file: Path | None,
+    as_json: bool,
 ) -> None:
-    """Find near-duplicate images; the one to keep (most pixels) comes first."""
+    """Find exact duplicates, edited copies and similar shots, each group with the photo to
+    keep and why."""
+    if include_similar and move_to is None:
+        raise ImgsearchError("--include-similar goes with --move-to")
+    if yes and move_to is None:
+        raise ImgsearchError("--yes goes with --move-to")
     with Index.open(db) as ix:
-        groups = ix.duplicates(threshold)
+        groups = ix.duplicates(threshold, progress=_verify_bar())
         if html_file is not None:  # before any move: it shows the copies where they were found
-            used = ix.duplicate_threshold() if threshold is None else threshold
-            report.save(html_file, report.duplicates_page(ix, groups, used))
+            report.save(html_file, report.duplicates_page(ix, groups))
             say(f"wrote {html_file}")
-        try:
-            moved = ix.move_duplicates(groups, move_to) if move_to is not None else []
-        except MoveStopped as stopped:
-            for move in stopped.moved:
-                say(f"moved {move.source} -> {move.destination}")
-            raise
+        moved: list = []
+        if move_to is not None:
+            plan = ix.duplicates_plan(groups, move_to, include_similar)
+            if plan and _confirmed(plan, move_to, yes):
+                try:
+                    moved = ix.move_duplicates(groups, move_to, include_similar)
+                except MoveStopped as stopped:
+                    for move in stopped.moved:
+                        say(f"moved {move.source} -> {move.destination}")
+                    raise
+            elif not plan:
+                say("nothing to move")
     if as_json:
-        emit([{"keep": g.keep, "others": g.others, "score": round(g.score, 6)} for g in groups])
+        emit([g.to_dict() for g in groups])
     else:
-        for group in groups:
-            click.echo(f"keep   {group.keep}")
-            for other in group.others:
-                click.echo(f"  copy {other}")
+        print_duplicates(groups)
     for move in moved:
         say(f"moved {move.source} -> {move.destination}")
+    if move_to is not None and moved:
+        say(f"moved {len(moved)} files to {move_to}")
+
+
+def _verify_bar():  # noqa: ANN202 - a progress callback, or None off a terminal
+    """A progress line on stderr while candidate pairs are verified, when it is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar: list = []
+
+    def progress(done: int, total: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=total, desc="verifying", unit="pair", leave=False))
+        bar[0].update(done - bar[0].n)
+        if done >= total:
+            bar[0].close()
+
+    return progress
+
+
+def interactive() -> bool:
+    """Whether someone at a terminal can answer a question."""
+    return sys.stdin.isatty()
+
+
+def _confirmed(plan: list[tuple[Path, Path]], folder: Path, yes: bool) -> bool:
+    """Show what would move; ask on a terminal. No terminal and no --yes: refuse."""
+    click.echo(f"would move {len(plan)} files to {folder}:", err=True)
+    for source, destination in plan:
+        click.echo(f"  {source} -> {destination}", err=True)
+    if yes:
+        return True
+    if not interactive():
+        raise ImgsearchError(
+            f"not moving {len(plan)} files without a yes: run on a terminal to confirm, "
+            "or add --yes"
+        )
+    if click.confirm(f"Move these {len(plan)} files?", default=False, err=True):
+        return True
+    say("nothing moved")
+    return False
+
+
+TIER_HEADINGS = {
+    "exact": "exact duplicates (the same bytes or pixels)",
+    "copy": "edited copies (verified on the pixels: agreement at least {threshold:g})",
+    "similar": "similar shots (image cosine at least {threshold:.3f}; never moved unless asked)",
+}
+
+
+def print_duplicates(groups: list) -> None:
+    if not groups:
+        click.echo("no duplicates found")
+        return
+    tier = None
+    for group in groups:
+        if group.tier != tier:
+            tier = group.tier
+            click.echo(TIER_HEADINGS[tier].format(threshold=group.threshold))
+        click.echo(f"  keep    {group.keep}")
+        click.echo(f"          because: {group.keep_reason}")
+        for other in group.others:
+            click.echo(f"  {other.tier:<7} {other.path}  ({evidence_text(other)})")
+
+
+def evidence_text(other) -> str:  # noqa: ANN001 - a results.Copy
+    e = other.evidence
+    if other.tier == "exact":
+        return f"same {e.get('same', 'bytes')}"
+    if other.tier == "copy":
+        parts = [f"agreement {other.score:.3f}", f"{e.get('matched_features', 0)} matched features"]
+        if e.get("mirrored"):
+            parts.append("mirrored")
+        if e.get("turn"):
+            parts.append(f"turned {e['turn']}°")
+        if e.get("hash_distance") is not None:
+            parts.append(f"hash distance {e['hash_distance']}")
+        return ", ".join(parts)
+    parts = [f"cosine {other.score:.3f}"]
+    if "seconds_apart" in e:
+        parts.append(f"{e['seconds_apart']:g} s apart")
+    if "overlap" in e:
+        parts.append(f"overlap {e['overlap']:.0%}")
+    return ", ".join(parts)
 
 
 @main.command()

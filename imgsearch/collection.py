@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from imgsearch import config, relations, scoring
+from imgsearch.duplicates import Finder
 from imgsearch.errors import ImgsearchError
-from imgsearch.files import free_path, relative_path
+from imgsearch.files import DEFAULT_LIMITS, Limits, free_path, relative_path
 from imgsearch.metrics import MethodInput, evaluate_methods
 from imgsearch.projections import project
 from imgsearch.results import Cluster, Duplicates, Evaluation, Graph, Layout, Moved, SetHit
@@ -89,41 +90,56 @@ class Collection:
             for c in named
         ]
 
-    def duplicates(self, threshold: float | None) -> list[Duplicates]:
+    def duplicates(
+        self,
+        threshold: float | None,
+        limits: Limits = DEFAULT_LIMITS,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Duplicates]:
         threshold = scoring.check_score(threshold, "threshold", 0.0, 1.0, low_open=True)
         threshold = self.duplicate_threshold if threshold is None else threshold
-        ids, paths, vectors = self.store.vectors("image_vector")
-        found = relations.duplicate_groups(vectors, threshold, self.store.sizes(ids))
-        root = self.root
-        return [
-            Duplicates(str(root / paths[g.keep]), [str(root / paths[o]) for o in g.others], g.score)
-            for g in found
-        ]
+        similar = self.tau("image")
+        finder = Finder(self.root, self.store, threshold, similar, limits=limits, progress=progress)
+        return finder.groups()
 
-    def move_duplicates(self, groups: list[Duplicates], folder: str | os.PathLike) -> list[Moved]:
-        """Move every group's ``others`` into ``folder`` keeping their relative paths, never
-        overwriting a file. The caller brings the index up to date."""
+    def move_duplicates(
+        self, groups: list[Duplicates], folder: str | os.PathLike, include_similar: bool = False
+    ) -> list[Moved]:
+        """Move the members of ``exact`` and ``copy`` groups but the one to keep (and of
+        ``similar`` groups too with ``include_similar``) into ``folder`` keeping their
+        relative paths, never overwriting a file. The caller brings the index up to date."""
         target = Path(folder).expanduser().resolve()
         moved: list[Moved] = []
-        for group in groups:
-            for other in group.others:
-                source = Path(other)
-                if not source.is_file():
-                    continue
-                destination = free_path(target / source.relative_to(self.root))
-                try:
-                    destination.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.move(source, destination)
-                except OSError as exc:
-                    reason = exc.strerror or str(exc)
-                    where = exc.filename or destination
-                    raise MoveStopped(
-                        f"stopped moving copies: cannot move {source} to {destination} "
-                        f"({where}: {reason}); {len(moved)} moved before it, the index follows",
-                        moved,
-                    ) from None
-                moved.append(Moved(str(source), str(destination)))
+        for source, destination in self.move_plan(groups, target, include_similar):
+            try:
+                destination = free_path(destination)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(source, destination)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                where = exc.filename or destination
+                raise MoveStopped(
+                    f"stopped moving copies: cannot move {source} to {destination} "
+                    f"({where}: {reason}); {len(moved)} moved before it, the index follows",
+                    moved,
+                ) from None
+            moved.append(Moved(str(source), str(destination)))
         return moved
+
+    def move_plan(
+        self, groups: list[Duplicates], folder: str | os.PathLike, include_similar: bool = False
+    ) -> list[tuple[Path, Path]]:
+        """(file, where it would go) for every member a move would take: what to show first."""
+        target = Path(folder).expanduser().resolve()
+        plan = []
+        for group in groups:
+            if group.tier == "similar" and not include_similar:
+                continue
+            for other in group.others:
+                source = Path(other.path)
+                if source.is_file():
+                    plan.append((source, target / source.relative_to(self.root)))
+        return plan
 
     def sets(
         self,

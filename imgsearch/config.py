@@ -52,7 +52,11 @@ CLUSTERS_K = 10
 SET_METHOD = "hungarian"
 # Image-vector cosine at or above which two images count as copies of one photo, by model
 # family. CLIP: a documented default, not calibrated here (no CLIP weights offline).
-DUPLICATE_THRESHOLD = {"offline": 0.90, "clip": 0.95}  # offline: benchmarks/duplicates_quality.py
+# Candidates only now: every candidate pair is verified on the pixels (imgsearch.copies).
+DUPLICATE_THRESHOLD = {"offline": 0.70, "clip": 0.85}  # offline: benchmarks/duplicates_quality.py
+# Two photos captured at most this many seconds apart (EXIF) and at least as close in image
+# vectors as the index's calibrated image tau are one scene shot twice: the similar tier.
+BURST_SECONDS = 10.0
 
 
 def cache_dir() -> Path:

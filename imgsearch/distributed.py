@@ -34,7 +34,15 @@ from urllib.parse import urlparse
 import numpy as np
 
 from imgsearch.errors import ImgsearchError
-from imgsearch.files import DEFAULT_LIMITS, FileInfo, Limits, Pixels, Preprocess, load_pixels
+from imgsearch.files import (
+    DEFAULT_LIMITS,
+    FileInfo,
+    Limits,
+    PhotoFacts,
+    Pixels,
+    Preprocess,
+    load_pixels,
+)
 from imgsearch.indexer import BatchWriter, Loaded, Runner, concept_bridge, embed_batch
 from imgsearch.models import preprocess_for
 
@@ -48,7 +56,7 @@ DECODE_BATCH = 8  # files per decode call
 MAX_BLOCKS = 4096  # decode tasks at most, however many files
 KILL_ENV = "IMGSEARCH_RAY_TEST_KILL"
 HOLD_ENV = "IMGSEARCH_RAY_TEST_HOLD"
-_COLUMNS = ("path", "size", "mtime_ns", "hash", "width", "height", "error")
+_COLUMNS = ("path", "size", "mtime_ns", "hash", "width", "height", "error", "facts")
 
 
 def require_ray() -> Any:  # noqa: ANN401 - the ray module
@@ -247,6 +255,7 @@ def decode_batch(
         "width": np.array([p.width for p in loaded], np.int64),
         "height": np.array([p.height for p in loaded], np.int64),
         "error": np.array([p.error for p in loaded], dtype=object),
+        "facts": np.array([p.facts.to_json() if p.facts else "" for p in loaded], dtype=object),
         "pixels": np.stack([blank if p.array is None else p.array for p in loaded]),
     }
 
@@ -281,6 +290,7 @@ class ModelWorker:
                     int(batch["width"][i]),
                     int(batch["height"][i]),
                     str(batch["hash"][i]),
+                    facts=PhotoFacts.from_json(batch["facts"][i]) if batch["facts"][i] else None,
                 ),
             )
             for i in good
@@ -437,6 +447,7 @@ def _store_results(data: Any, writer: BatchWriter, batch_size: int) -> None:  # 
                     caption_scores=batch["caption_scores"][i].tolist(),
                     concept_vector=batch["concept_vector"][i] if bags else None,
                     class_confidence=float(batch["class_confidence"][i]) if bags else None,
+                    facts=PhotoFacts.from_json(facts) if (facts := batch["facts"][i]) else None,
                 )
             )
         if records:

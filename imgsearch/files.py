@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import os
 import stat
 import warnings
@@ -290,6 +291,160 @@ def _bytes(count: int) -> str:
     return f"{count} bytes"
 
 
+# EXIF tags (TIFF/EXIF 2.3 numbers) that the photo facts read.
+_MAKE, _MODEL, _ORIENTATION, _TAKEN = 0x010F, 0x0110, 0x0112, 0x9003
+_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+# The IJG (libjpeg) luminance table at quality 50: other qualities scale it.
+_IJG_LUMINANCE = (
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+)  # fmt: skip
+LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "TIFF", "GIF", "PPM"})
+# The eight orientations a copy may have, as PIL transposes (None: as it is).
+ORIENTATIONS = (
+    None,
+    Image.Transpose.FLIP_LEFT_RIGHT,
+    Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_180,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
+
+
+@dataclass
+class PhotoFacts:
+    """What a photo's file says about it beyond its pixels, and its orientation hashes.
+
+    ``taken`` is EXIF DateTimeOriginal as the camera wrote it (local time, ISO form), or
+    None; ``quality`` the JPEG quality estimated from its quantisation tables (None for
+    other formats); ``hashes`` the 64-bit perceptual hashes of the upright photo in each of
+    the eight ``ORIENTATIONS``, as 64 bytes: what finds a mirrored or turned copy.
+    """
+
+    format: str
+    taken: str | None = None
+    orientation: int | None = None
+    make: str | None = None
+    model: str | None = None
+    gps: tuple[float, float] | None = None
+    quality: int | None = None
+    hashes: bytes = b""
+
+    @property
+    def lossless(self) -> bool:
+        return self.format in LOSSLESS_FORMATS
+
+    @property
+    def has_exif(self) -> bool:
+        return any(v is not None for v in (self.taken, self.make, self.model, self.gps))
+
+    @property
+    def camera(self) -> str | None:
+        parts = [p for p in (self.make, self.model) if p]
+        return " ".join(parts) if parts else None
+
+    def to_json(self) -> str:
+        """One line of JSON (the hashes in hex): how facts cross a Ray batch."""
+        values = {**self.__dict__, "hashes": self.hashes.hex()}
+        return json.dumps(values)
+
+    @classmethod
+    def from_json(cls, text: str) -> PhotoFacts:
+        values = json.loads(text)
+        values["hashes"] = bytes.fromhex(values["hashes"])
+        values["gps"] = tuple(values["gps"]) if values["gps"] is not None else None
+        return cls(**values)
+
+
+def jpeg_quality(tables: dict[int, list[int]] | None) -> int | None:
+    """The IJG quality (1-100) whose luminance table is nearest the file's first table:
+    a recompressed copy has a lower one than the photo it came from."""
+    if not tables or 0 not in tables or len(tables[0]) != 64:
+        return None
+    have = sum(tables[0])
+    best, gap = None, None
+    for quality in range(1, 101):
+        scale = 5000 / quality if quality < 50 else 200 - 2 * quality
+        table = sum(min(255, max(1, int((q * scale + 50) // 100))) for q in _IJG_LUMINANCE)
+        if gap is None or abs(table - have) < gap:
+            best, gap = quality, abs(table - have)
+    return best
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return None
+    value = value.replace("\x00", "").strip()
+    return value or None
+
+
+def _taken(value: object) -> str | None:
+    """EXIF 'YYYY:MM:DD HH:MM:SS' as 'YYYY-MM-DDTHH:MM:SS'; None when it is not a date."""
+    text = _text(value)
+    if text is None or len(text) < 19:
+        return None
+    date, _, clock = text[:19].partition(" ")
+    parts = date.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or parts[0] == "0000":
+        return None
+    return f"{parts[0]}-{parts[1]}-{parts[2]}T{clock}"
+
+
+def _degrees(value: object, ref: object) -> float | None:
+    try:
+        d, m, s = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    sign = -1.0 if _text(ref) in ("S", "W") else 1.0
+    return sign * (d + m / 60 + s / 3600)
+
+
+def orientation_hashes(image: Image.Image) -> bytes:
+    """The perceptual hash (DCT of 32x32 gray, 8x8 low frequencies against their median) of
+    the photo in each of the eight orientations, 8 bytes each."""
+    import imagehash
+
+    small = image.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    out = bytearray()
+    for turn in ORIENTATIONS:
+        bits = imagehash.phash(small if turn is None else small.transpose(turn)).hash
+        out += np.packbits(bits.reshape(-1)).tobytes()
+    return bytes(out)
+
+
+def photo_facts(opened: Image.Image, upright: Image.Image) -> PhotoFacts:
+    """The facts of a photo ``opened`` by PIL (its header and EXIF) and decoded ``upright``."""
+    exif = opened.getexif()
+    taken = gps = None
+    try:
+        taken = _taken(exif.get_ifd(_EXIF_IFD).get(_TAKEN))
+        where = exif.get_ifd(_GPS_IFD)
+        if where:
+            lat, lon = _degrees(where.get(2), where.get(1)), _degrees(where.get(4), where.get(3))
+            if lat is not None and lon is not None and abs(lat) <= 90 and abs(lon) <= 180:
+                gps = (round(lat, 7), round(lon, 7))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block says nothing, it stops nothing
+        pass
+    orientation = exif.get(_ORIENTATION)
+    jpeg = opened.format == "JPEG"
+    return PhotoFacts(
+        format=opened.format or "",
+        taken=taken,
+        orientation=orientation if isinstance(orientation, int) else None,
+        make=_text(exif.get(_MAKE)),
+        model=_text(exif.get(_MODEL)),
+        gps=gps,
+        quality=jpeg_quality(getattr(opened, "quantization", None) if jpeg else None),
+        hashes=orientation_hashes(upright),
+    )
+
+
 @dataclass
 class Decoded:
     """An image read from disk, with what the index records about the file."""
@@ -298,6 +453,7 @@ class Decoded:
     width: int  # full size, before any reduced decode
     height: int
     hash: str
+    facts: PhotoFacts | None = None
 
 
 def decode(
@@ -305,6 +461,7 @@ def decode(
     min_side: int = 0,
     limits: Limits = DEFAULT_LIMITS,
     follow_symlinks: bool = True,
+    with_facts: bool = False,
 ) -> Decoded:
     """Read, hash and decode an image, upright (EXIF orientation applied).
 
@@ -314,6 +471,7 @@ def decode(
     and the image's header, before decoding), FIFOs and devices, truncated and non-image
     files raise ``BadImage`` with a one-line reason. ``follow_symlinks=False``: a path that
     is a symbolic link is not read (the indexer's, whose walk never follows them).
+    ``with_facts``: read the photo's ``PhotoFacts`` too (what the index stores of it).
     """
     data = read_file(path, limits.max_file_size, follow_symlinks)
     if not data:
@@ -330,9 +488,11 @@ def decode(
                 image.draft("RGB", (min_side, min_side))
             limits.check_pixels(*image.size)  # as decoded: after a JPEG's reduction
             image.load()
+            opened = image
             image = ImageOps.exif_transpose(image)
             if image.mode != "RGB":
                 image = _to_rgb(image)
+            facts = photo_facts(opened, image) if with_facts else None
     except BadImage:
         raise
     except Image.DecompressionBombError:
@@ -343,7 +503,7 @@ def decode(
         raise BadImage(f"corrupt image: {exc}") from None
     if image.width < 1 or image.height < 1:
         raise BadImage("empty image")
-    return Decoded(image, width, height, file_hash(data))
+    return Decoded(image, width, height, file_hash(data), facts)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -450,18 +610,36 @@ class Pixels:
     height: int = 0
     hash: str = ""
     error: str = ""
+    facts: PhotoFacts | None = None
 
 
 def load_pixels(path: Path, preprocess: Preprocess, limits: Limits = DEFAULT_LIMITS) -> Pixels:
     """Decode at reduced size and crop. Never raises: one bad file must never stop a run.
     A symbolic link (a file swapped for one since the walk) is not read."""
     try:
-        decoded = decode(path, preprocess.resize, limits, follow_symlinks=False)
-        return Pixels(preprocess(decoded.image), decoded.width, decoded.height, decoded.hash)
+        decoded = decode(path, preprocess.resize, limits, follow_symlinks=False, with_facts=True)
+        array = preprocess(decoded.image)
+        return Pixels(array, decoded.width, decoded.height, decoded.hash, facts=decoded.facts)
     except BadImage as exc:
         return Pixels(None, error=str(exc))
     except Exception as exc:  # noqa: BLE001
         return Pixels(None, error=f"cannot decode: {exc}")
+
+
+# The reduced size the facts of an indexed photo are read at when an older index fills them in.
+FACTS_SIDE = 256
+
+
+def load_facts(path: Path, limits: Limits = DEFAULT_LIMITS) -> PhotoFacts | str:
+    """A photo's facts alone, or why they cannot be read. Never raises."""
+    try:
+        facts = decode(path, FACTS_SIDE, limits, follow_symlinks=False, with_facts=True).facts
+        assert facts is not None
+        return facts
+    except BadImage as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001
+        return f"cannot decode: {exc}"
 
 
 def relative_path(root: Path, path: Path, must_exist: bool = True) -> str | None:

@@ -44,6 +44,7 @@ from imgsearch.files import (
     decode,
     hash_file,
     is_image_name,
+    load_facts,
     load_pixels,
     shown,
     special_kind,
@@ -502,6 +503,7 @@ def embed_batch(
             caption_scores=captioned.scores[i].tolist(),
             concept_vector=None if captioned.concepts is None else captioned.concepts[i],
             class_confidence=None if captioned.confidence is None else captioned.confidence[i],
+            facts=item.pixels.facts,
         )
         for i, item in enumerate(items)
     ]
@@ -615,11 +617,35 @@ def update(
         states = store.file_states()
         store.remove_ids(states[p].id for p in stale if p in states)
         summary.removed += len(stale)
+    fill_facts(root, store, progress)
     keep = {s.path for s in summary.skipped} - set(todo.absent)
     if only is not None:  # failures of files not listed are not this run's to forget
         keep.update(p for p in store.skipped_files() if p not in only)
     store.forget_skipped(keep)
     return summary
+
+
+def fill_facts(root: Path, store: Store, progress: bool = False, batch: int = 256) -> int:
+    """Read the photo facts of images indexed before the index kept them (schema 3), without
+    embedding anything again; a file that cannot be read now keeps none. Returns how many."""
+    missing = sorted(store.without_facts().items())
+    if not missing:
+        return 0
+    limits = Limits.from_meta(store.meta())
+    bar = _progress_bar(len(missing), progress)
+    filled = 0
+    with ThreadPoolExecutor(default_workers(), thread_name_prefix="facts") as pool:
+        for start in range(0, len(missing), batch):
+            chunk = missing[start : start + batch]
+            read = pool.map(lambda item: load_facts(root / item[1], limits), chunk)
+            found = [(i, f) for (i, _), f in zip(chunk, read) if not isinstance(f, str)]
+            store.put_facts(found)
+            filled += len(found)
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return filled
 
 
 class Embedding:

@@ -33,10 +33,6 @@ BLOCK = 8192
 KNN_FROM_RANGE_DEGREE = 64
 DEGREE_SAMPLE = 1000
 
-# A proposal for ``duplicate_groups``: re-encoded, resized or lightly edited copies of one
-# photo keep a CLIP image cosine above it; different shots of one scene mostly fall below.
-DUPLICATE_THRESHOLD = 0.95
-
 # Most clusters seeded by k-means++; see kmeans_clusters.
 KMEANS_PP_MAX = 256
 
@@ -68,20 +64,6 @@ class NamedGroup:
     members: list[int]
     captions: list[str]
     name: str
-
-
-@dataclass
-class DuplicateGroup:
-    """Near-identical images: the one to ``keep`` (most pixels) and the ``others``.
-
-    ``score`` is the lowest cosine between ``keep`` and any of the ``others``: how far the
-    most different copy is from the one kept. Groups grow by chains of close pairs, so it
-    can fall below the threshold, which is the sign to look at such a group by hand.
-    """
-
-    keep: int
-    others: list[int]
-    score: float
 
 
 @dataclass
@@ -315,6 +297,12 @@ def _groups(n: int, source: np.ndarray, target: np.ndarray) -> list[list[int]]:
     return [g.tolist() for g in groups]
 
 
+def linked_groups(n: int, source: np.ndarray, target: np.ndarray) -> list[list[int]]:
+    """Connected components of n rows joined by the pairs (source[i], target[i]): each
+    sorted, largest first; lone rows are their own."""
+    return _groups(n, np.asarray(source, np.int64), np.asarray(target, np.int64))
+
+
 def components(n: int, edges: Sequence[Edge]) -> list[list[int]]:
     """Connected components of n rows: each sorted, largest first; lone rows are their own."""
     source = np.fromiter((e.source for e in edges), dtype=np.int64, count=len(edges))
@@ -528,35 +516,6 @@ def name_clusters(
         clusters.append(NamedGroup(sorted(members), captions, " / ".join(names)))
     clusters.sort(key=lambda c: (-len(c.members), c.members[0] if c.members else -1))
     return clusters
-
-
-# --- near-duplicates --------------------------------------------------------------------
-
-
-def duplicate_groups(
-    image_vectors: np.ndarray, threshold: float, sizes: Sequence[int]
-) -> list[DuplicateGroup]:
-    """Groups of 2+ images joined by chains of image cosines >= ``threshold``.
-
-    ``sizes`` are pixel counts (width x height): the largest is kept, the lowest row on a
-    tie. Groups come largest first, then by the row kept.
-    """
-    vectors = _rows(image_vectors)
-    if len(sizes) != len(vectors):
-        raise ValueError(f"{len(sizes)} sizes for {len(vectors)} image vectors")
-    source, target, _ = edge_arrays(vectors, threshold)
-    pixels = np.asarray(sizes, dtype=np.int64)
-    out = []
-    for members in _groups(len(vectors), source, target):
-        if len(members) < 2:
-            break  # largest first: the rest are single images
-        rows = np.asarray(members)
-        keep = int(rows[np.argmax(pixels[rows])])  # argmax takes the first, the lowest row
-        others = [row for row in members if row != keep]
-        score = float((vectors[others] @ vectors[keep]).min())
-        out.append(DuplicateGroup(keep, others, score))
-    out.sort(key=lambda g: (-len(g.others), g.keep))
-    return out
 
 
 # --- sets of images ---------------------------------------------------------------------

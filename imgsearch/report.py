@@ -168,22 +168,43 @@ def clusters_page(index: Index, clusters: Sequence[Cluster]) -> str:
     return page(f"imgsearch {what}", _subtitle(index, what), "".join(sections))
 
 
-def duplicates_page(index: Index, groups: Sequence[Duplicates], threshold: float) -> str:
-    """Each group of near-duplicates: the one to keep first, then its copies."""
-    sections = []
-    for number, group in enumerate(groups, 1):
-        cards = card(index, group.keep, badge="keep") + "".join(
-            card(index, other, badge="copy") for other in group.others
+TIER_TITLES = {
+    "exact": "Exact duplicates",
+    "copy": "Edited copies",
+    "similar": "Similar shots (never moved unless asked)",
+}
+
+
+def duplicates_page(index: Index, groups: Sequence[Duplicates]) -> str:
+    """The tiers side by side, one column each: every group's photo to keep first, with why,
+    then the other members with their tier's score."""
+    columns = []
+    for tier, title in TIER_TITLES.items():
+        mine = [g for g in groups if g.tier == tier]
+        sections = []
+        for number, group in enumerate(mine, 1):
+            cards = card(index, group.keep, badge="keep") + "".join(
+                card(index, other.path, score=other.score, badge=other.tier)
+                for other in group.others
+            )
+            sections.append(
+                f'<section class="dupes"><h3>Group {number} <span class="count">'
+                f"({1 + len(group.others)} images, score ≥ {group.score:.3f})</span></h3>"
+                f'<p class="reason">keep: {html.escape(group.keep_reason)}</p>'
+                f'<div class="grid">{cards}</div></section>\n'
+            )
+        if not mine:
+            sections.append('<p class="empty">None.</p>')
+        columns.append(
+            f'<div class="tier {tier}"><h2>{html.escape(title)} '
+            f'<span class="count">({len(mine)})</span></h2>{"".join(sections)}</div>'
         )
-        sections.append(
-            f'<section class="dupes"><h2>Group {number} <span class="count">'
-            f"({1 + len(group.others)} images, image cosine ≥ {group.score:.3f})</span></h2>"
-            f'<div class="grid">{cards}</div></section>\n'
-        )
+    body = f'<div class="tiers">{"".join(columns)}</div>\n'
     if not groups:
-        sections.append(f'<p class="empty">No near-duplicates at threshold {threshold:g}.</p>')
-    what = f"{len(groups)} duplicate groups (threshold {threshold:g})"
-    return page(f"imgsearch {what}", _subtitle(index, what), "".join(sections))
+        body = '<p class="empty">No duplicates found.</p>\n'
+    counts = ", ".join(f"{sum(g.tier == t for g in groups)} {t}" for t in TIER_TITLES)
+    what = f"{len(groups)} duplicate groups ({counts})"
+    return page(f"imgsearch {what}", _subtitle(index, what), body)
 
 
 # --- the map -------------------------------------------------------------------------

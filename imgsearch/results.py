@@ -144,13 +144,43 @@ class Cluster:
 
 
 @dataclass
-class Duplicates:
-    """Copies of one photo: ``keep`` (the most pixels) and the ``others``; ``score`` is the
-    lowest image cosine between ``keep`` and an other."""
+class Copy:
+    """A member of a duplicate group other than the one kept: its tier, its score against
+    the kept photo in that tier's measure (1 for exact; the pixel agreement for a copy; the
+    image cosine for a similar shot) and the evidence (matched features, hash distance,
+    seconds apart...)."""
 
-    keep: str
-    others: list[str]
+    path: str
+    tier: str
     score: float
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Duplicates:
+    """One group: ``tier`` (exact, copy or similar), the photo to ``keep`` and why, the
+    ``others``, and ``score``: the lowest score between ``keep`` and an other, never below
+    the tier's ``threshold``."""
+
+    tier: str
+    keep: str
+    keep_reason: str
+    others: list[Copy]
+    score: float
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tier": self.tier,
+            "keep": self.keep,
+            "keep_reason": self.keep_reason,
+            "score": round(self.score, 6),
+            "threshold": round(self.threshold, 6),
+            "others": [
+                {"path": o.path, "tier": o.tier, "score": round(o.score, 6), "evidence": o.evidence}
+                for o in self.others
+            ],
+        }
 
 
 @dataclass

@@ -29,8 +29,9 @@ from filelock import FileLock, Timeout
 from sqlalchemy.dialects import postgresql, sqlite
 
 from imgsearch.errors import ImgsearchError
+from imgsearch.files import PhotoFacts
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -82,6 +83,30 @@ image_captions_table = sa.Table(
     sa.Column("score", sa.Float, nullable=False),
 )
 
+# What each photo's file says beyond its pixels (schema 3): EXIF capture time as the camera
+# wrote it (local time, ISO form), orientation, camera, GPS position, the JPEG quality
+# estimated from its tables, and its perceptual hashes in the eight orientations (64 bytes).
+# An image indexed before schema 3 has no row until its next run reads them.
+facts_table = sa.Table(
+    "photo_facts",
+    metadata,
+    sa.Column(
+        "image_id",
+        sa.Integer,
+        sa.ForeignKey("images.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("taken", sa.String(32), nullable=True, index=True),
+    sa.Column("orientation", sa.Integer, nullable=True),
+    sa.Column("make", sa.Text, nullable=True),
+    sa.Column("model", sa.Text, nullable=True),
+    sa.Column("gps_lat", sa.Float, nullable=True),
+    sa.Column("gps_lon", sa.Float, nullable=True),
+    sa.Column("quality", sa.Integer, nullable=True),
+    sa.Column("hashes", sa.LargeBinary, nullable=False),
+)
+
 skipped_table = sa.Table(
     "skipped",
     metadata,
@@ -109,8 +134,13 @@ def _migration_2(conn: sa.Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE images ADD COLUMN {name} {kind}"))
 
 
+def _migration_3(conn: sa.Connection) -> None:
+    """The photo_facts table; the next indexing run fills it in for the images stored before."""
+    facts_table.create(conn, checkfirst=True)
+
+
 # Numbered schema steps; index i brings a database from version i to i + 1.
-MIGRATIONS = [_migration_1, _migration_2]
+MIGRATIONS = [_migration_1, _migration_2, _migration_3]
 
 
 @dataclass
@@ -130,6 +160,7 @@ class ImageRecord:
     id: int | None = None
     concept_vector: np.ndarray | None = None
     class_confidence: float | None = None
+    facts: PhotoFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -440,6 +471,51 @@ class Store:
                     for rank, (c, s) in enumerate(zip(r.caption_ids, r.caption_scores))
                 ],
             )
+            facts = [(r.id, r.facts) for r in records if r.facts is not None]
+            if facts:
+                conn.execute(facts_table.insert(), [_facts_row(i, f) for i, f in facts])
+
+    def without_facts(self) -> dict[int, str]:
+        """Images stored before their files' facts were read (an index made before schema
+        3): id -> path."""
+        t, f = images_table, facts_table
+        query = sa.select(t.c.id, t.c.path).outerjoin(f, f.c.image_id == t.c.id)
+        with self.engine.connect() as conn:
+            return dict(conn.execute(query.where(f.c.image_id.is_(None))).all())
+
+    def put_facts(self, facts: list[tuple[int, PhotoFacts]]) -> None:
+        """Store (or replace) the facts of images already indexed, in one transaction."""
+        if not facts:
+            return
+        with self.engine.begin() as conn:
+            ids = [i for i, _ in facts]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                conn.execute(facts_table.delete().where(facts_table.c.image_id.in_(chunk)))
+            conn.execute(facts_table.insert(), [_facts_row(i, f) for i, f in facts])
+
+    def facts(self, ids: Iterable[int] | None = None) -> dict[int, PhotoFacts]:
+        """The stored facts by image id (all images', or ``ids``'); images without any are
+        left out."""
+        f = facts_table
+        query = sa.select(f)
+        wanted = None if ids is None else [int(i) for i in ids]
+        out: dict[int, PhotoFacts] = {}
+        with self.engine.connect() as conn:
+            chunks = (
+                [None]
+                if wanted is None
+                else [wanted[s : s + 500] for s in range(0, len(wanted), 500)]
+            )
+            for chunk in chunks:
+                q = query if chunk is None else query.where(f.c.image_id.in_(chunk))
+                for row in conn.execute(q):
+                    gps = None if row.gps_lat is None else (row.gps_lat, row.gps_lon)
+                    out[row.image_id] = PhotoFacts(
+                        row.format, row.taken, row.orientation, row.make, row.model, gps,
+                        row.quality, bytes(row.hashes),
+                    )  # fmt: skip
+        return out
 
     def skipped_files(self) -> dict[str, tuple[int, int, str]]:
         """Files that failed before: an unchanged bad file is not decoded again."""
@@ -643,6 +719,22 @@ class Store:
             rows = dict(conn.execute(sa.select(t.c.id, pixels)).all())
         return [int(rows[int(i)]) for i in ids]
 
+    def dimensions(self, ids: np.ndarray) -> list[tuple[int, int]]:
+        """(width, height) of each image, upright, in the order of ``ids``."""
+        t = images_table
+        with self.engine.connect() as conn:
+            rows = {
+                r[0]: (r[1], r[2]) for r in conn.execute(sa.select(t.c.id, t.c.width, t.c.height))
+            }
+        return [rows[int(i)] for i in ids]
+
+    def file_hashes(self, ids: np.ndarray) -> list[str]:
+        """Each image's content hash (of its file's bytes), in the order of ``ids``."""
+        t = images_table
+        with self.engine.connect() as conn:
+            rows = dict(conn.execute(sa.select(t.c.id, t.c.hash)).all())
+        return [rows[int(i)] for i in ids]
+
     def caption_lists(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(caption ids, match scores) as (len(ids), N) matrices, rows in the order of ``ids``."""
         t = image_captions_table
@@ -772,6 +864,22 @@ def _sqlite_pragmas(writable: bool, dbapi_conn, _record) -> None:  # noqa: ANN00
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _facts_row(image_id: int, facts: PhotoFacts) -> dict:
+    lat, lon = facts.gps if facts.gps is not None else (None, None)
+    return {
+        "image_id": image_id,
+        "format": facts.format[:16],
+        "taken": facts.taken,
+        "orientation": facts.orientation,
+        "make": facts.make,
+        "model": facts.model,
+        "gps_lat": lat,
+        "gps_lon": lon,
+        "quality": facts.quality,
+        "hashes": facts.hashes,
+    }
 
 
 def _bump_generation(conn: sa.Connection) -> None:

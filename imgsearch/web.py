@@ -261,9 +261,20 @@ def create_app(
             if ("duplicates",) not in viewer.memo:
                 viewer.memo[("duplicates",)] = [
                     {
+                        "tier": g.tier,
                         "score": round(g.score, 4),
+                        "threshold": round(g.threshold, 4),
                         "keep": viewer.card(ix, g.keep),
-                        "others": [viewer.card(ix, o) for o in g.others],
+                        "keep_reason": g.keep_reason,
+                        "others": [
+                            {
+                                **viewer.card(ix, o.path),
+                                "tier": o.tier,
+                                "score": round(o.score, 4),
+                                "evidence": o.evidence,
+                            }
+                            for o in g.others
+                        ],
                     }
                     for g in ix.duplicates()
                 ]

@@ -68,7 +68,9 @@ def dump_database(db: Path) -> dict[str, list]:
                 for name, value in zip(names, row):
                     if name in MASKED_COLUMNS:
                         continue
-                    if isinstance(value, bytes):
+                    if isinstance(value, bytes) and name == "hashes":
+                        value = value.hex()  # perceptual hashes: bits, not a vector
+                    elif isinstance(value, bytes):
                         vector = np.frombuffer(value, dtype=np.float32)
                         # The bank's thousands of vectors: a few values and the norm each.
                         shown = vector[:8] if table == "captions" else vector

@@ -136,7 +136,7 @@ def test_move_to_that_stops_half_way_reports_every_move_and_keeps_the_index(
     target = tmp_path / "copies"
     target.mkdir()
     (target / "sub").write_text("a file where a folder would go")
-    done = run("duplicates", "--move-to", str(target), cwd=folder)
+    done = run("duplicates", "--move-to", str(target), "--yes", cwd=folder)
     assert done.exit_code == 1, done.output
     lines = [line for line in done.stderr.splitlines() if line]
     moves = [line for line in lines if line.startswith("imgsearch: moved ")]

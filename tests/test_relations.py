@@ -17,7 +17,6 @@ from imgsearch import relations
 from imgsearch.relations import (
     Edge,
     components,
-    duplicate_groups,
     graph_edges,
     kmeans_clusters,
     mean_set_similarity,
@@ -314,29 +313,6 @@ def test_short_caption() -> None:
     assert short_caption("a photo of a person wearing a hat") == "person wearing a hat"
     assert short_caption("a screenshot of a map") == "screenshot of a map"
     assert short_caption("stars in the night sky") == "stars in the night sky"
-
-
-# --- near-duplicates --------------------------------------------------------------------
-
-
-def test_duplicates_keep_the_largest() -> None:
-    rng = np.random.default_rng(5)
-    vectors = rng.standard_normal((20, 64))
-    vectors[5] = vectors[2] + 0.05 * rng.standard_normal(64)
-    vectors[9] = vectors[2] + 0.05 * rng.standard_normal(64)
-    vectors[12] = vectors[7] + 0.05 * rng.standard_normal(64)
-    vectors = _unit(vectors)
-    sizes = [640 * 480] * 20
-    sizes[9] = 4000 * 3000
-    groups = duplicate_groups(vectors, 0.95, sizes)
-    assert [(g.keep, g.others) for g in groups] == [(9, [2, 5]), (7, [12])]  # 7, 12 tie
-    for group in groups:
-        want = min(float(vectors[group.keep] @ vectors[o]) for o in group.others)
-        assert group.score == pytest.approx(want, abs=1e-5)
-        assert group.score >= 0.95
-    assert duplicate_groups(vectors, 0.9999, sizes) == []
-    with pytest.raises(ValueError):
-        duplicate_groups(vectors, 0.95, sizes[:-1])
 
 
 # --- sets of images ---------------------------------------------------------------------

@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import ImageOps
 
-from imgsearch import Index
 from imgsearch.cli import main
 from tests.conftest import sample, write_photos
 from tests.test_cli import run
@@ -85,25 +84,6 @@ def test_clusters_cover_every_image_once(library: Path) -> None:
     assert str(library / "chelsea-copy.png") in cat["members"] and "cat" in cat["name"]
     both = run("clusters", "--k", "3", "--tau", "0.5", cwd=library)
     assert both.exit_code == 1 and "not both" in both.stderr
-
-
-def test_duplicates_keep_the_largest_and_move_only_when_asked(library: Path, tmp_path: Path):
-    found = json.loads(run("duplicates", "--json", cwd=library).stdout)
-    assert len(found) == 1
-    group = found[0]
-    assert group["keep"] == str(library / "chelsea.jpg") or group["keep"] == str(
-        library / "chelsea-copy.png"
-    )  # same size: the lower row is kept
-    assert str(library / "chelsea-small.jpg") in group["others"]
-    assert all(Path(p).exists() for p in [group["keep"], *group["others"]])
-    trash = tmp_path / "trash"
-    moved = run("duplicates", "--move-to", str(trash), cwd=library)
-    assert moved.exit_code == 0 and "moved" in moved.stderr
-    assert Path(group["keep"]).exists()
-    assert not any(Path(p).exists() for p in group["others"])
-    assert sorted(p.name for p in trash.iterdir()) == sorted(Path(p).name for p in group["others"])
-    assert json.loads(run("duplicates", "--json", cwd=library).stdout) == []
-    assert Index.open(library / ".imgsearch" / "index.db").store.count() == 8
 
 
 def test_sets_rank_items_by_set_similarity(tmp_path: Path, small_bank: Path) -> None:

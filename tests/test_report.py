@@ -142,7 +142,9 @@ def test_clusters_report_shows_every_image_once(library: Path, tmp_path: Path) -
     assert all(c["name"] in text for c in found)
 
 
-def test_duplicates_report_puts_the_one_to_keep_first(library: Path, tmp_path: Path) -> None:
+def test_duplicates_report_puts_the_one_to_keep_first(
+    library: Path, tmp_path: Path, small_bank: Path
+) -> None:
     out = tmp_path / "dupes.html"
     done = run("duplicates", "--html", str(out), cwd=library)
     assert done.exit_code == 0, done.output
@@ -150,11 +152,18 @@ def test_duplicates_report_puts_the_one_to_keep_first(library: Path, tmp_path: P
     assert page.sections.count("dupes") == 1
     assert [Path(c["path"]).name for c in page.cards] == ["chelsea.jpg", "chelsea-small.jpg"]
     assert "keep" in page.cards[0]["text"] and "copy" in page.cards[1]["text"]
+    text = out.read_text()
+    assert "Edited copies" in text and "Similar shots" in text  # the tiers side by side
+    assert "keep: most pixels (451x300)" in text
     big, small = (embedded(c["img"]) for c in page.cards)
     assert big.size == small.size  # both scaled to the same thumbnail box
+    alone = tmp_path / "alone"
+    write_photos(alone, ["rocket", "coins"])
+    done = run("index", str(alone), "--model", "offline", "--captions", str(small_bank), "-q")
+    assert done.exit_code == 0, done.output
     none = tmp_path / "none.html"
-    assert run("duplicates", "--threshold", "1", "--html", str(none), cwd=library).exit_code == 0
-    assert not parse(none).cards and "No near-duplicates at threshold 1." in none.read_text()
+    assert run("duplicates", "--html", str(none), cwd=alone).exit_code == 0
+    assert not parse(none).cards and "No duplicates found." in none.read_text()
 
 
 def test_map_png_has_the_size_asked_and_every_cluster_colour(library: Path, tmp_path: Path) -> None:

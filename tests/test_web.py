@@ -165,6 +165,14 @@ def test_clusters_and_duplicates_tabs(browser: WebDriver, server: str, library: 
     text = [f.text for f in group[0].find_elements("css selector", "figure.hit")]
     assert "keep" in text[0] and "chelsea.jpg" in text[0]
     assert "copy" in text[1] and "chelsea-small.jpg" in text[1]
+    reason = group[0].find_element("css selector", "p.reason").text
+    assert reason.startswith("keep: most pixels")
+    columns = browser.find_elements("css selector", "#duplicates .tiers > .tier")
+    assert [c.get_attribute("class") for c in columns] == [
+        "tier exact",
+        "tier copy",
+        "tier similar",
+    ]
     assert not script_errors(browser)
 
 

@@ -175,21 +175,30 @@ async function loadDuplicates() {
   try {
     const data = await getJSON("/api/duplicates");
     if (!data.groups.length) {
-      box.replaceChildren(el("p", "empty", `No near-duplicates at threshold ${data.threshold}.`));
+      box.replaceChildren(el("p", "empty", "No duplicates found."));
     } else {
-      box.replaceChildren(
-        ...data.groups.map((group, n) => {
+      const titles = { exact: "Exact duplicates", copy: "Edited copies", similar: "Similar shots (never moved unless asked)" };
+      const tiers = el("div", "tiers");
+      for (const [tier, title] of Object.entries(titles)) {
+        const mine = data.groups.filter((g) => g.tier === tier);
+        const column = el("div", `tier ${tier}`);
+        const heading = el("h2", "", `${title} `);
+        heading.append(el("span", "count", `(${mine.length})`));
+        column.append(heading);
+        if (!mine.length) column.append(el("p", "empty", "None."));
+        mine.forEach((group, n) => {
           const section = el("section", "dupes");
-          const title = el("h2", "", `Group ${n + 1} `);
-          const size = group.others.length + 1;
-          title.append(el("span", "count", `(${size} images, image cosine ≥ ${group.score.toFixed(3)})`));
+          const name = el("h3", "", `Group ${n + 1} `);
+          name.append(el("span", "count", `(${group.others.length + 1} images, score ≥ ${group.score.toFixed(3)})`));
           const grid = el("div", "grid");
           grid.append(card(group.keep, { badge: "keep" }));
-          grid.append(...group.others.map((o) => card(o, { badge: "copy" })));
-          section.append(title, grid);
-          return section;
-        }),
-      );
+          grid.append(...group.others.map((o) => card(o, { badge: o.tier })));
+          section.append(name, el("p", "reason", `keep: ${group.keep_reason}`), grid);
+          column.append(section);
+        });
+        tiers.append(column);
+      }
+      box.replaceChildren(tiers);
     }
     loaded.duplicates = true;
   } catch (err) {
