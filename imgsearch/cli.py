@@ -203,7 +203,7 @@ def main() -> None:
 @db_option
 @click.option(
     "--model",
-    help="CLIP checkpoint id or folder, or 'offline' (default: CLIP if it "
+    help="CLIP or SigLIP checkpoint id or folder, or 'offline' (default: CLIP if it "
     "can be loaded, else offline; an existing index keeps its own).",
 )
 @captions_option

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import Preprocess
-from imgsearch.models import clip, offline
+from imgsearch.models import clip, offline, siglip
 from imgsearch.models.base import Backend, ImageEmbeddings, Model, normalize
 from imgsearch.models.clip import DEFAULT_CLIP
 from imgsearch.models.offline import OFFLINE
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 # Asked in order; the first whose ``matches`` takes the name wins (CLIP takes any name).
-BACKENDS: list[Backend] = [offline.BACKEND, clip.BACKEND]
+BACKENDS: list[Backend] = [offline.BACKEND, siglip.BACKEND, clip.BACKEND]
 
 
 def backend(name: str) -> Backend:
