@@ -30,6 +30,7 @@ __all__ = [
     "Model",
     "Preprocess",
     "backend",
+    "fallback_note",
     "family",
     "load_model",
     "model_id",
@@ -96,8 +97,18 @@ def load_model(name: str | None, device: torch.device, say=None) -> Model:  # no
         return _load(DEFAULT_CLIP, device)
     except ImgsearchError as exc:
         if say is not None:
-            say(f"using the offline model ({exc})")
+            say(fallback_note(str(exc)))
         return _load(OFFLINE, device)
+
+
+def fallback_note(reason: str) -> str:
+    """The one line that says the offline model is used, why, what it cannot see, and how
+    to have CLIP with no network."""
+    return (
+        f"using the offline model, which recognises only the 1000 ImageNet classes ({reason}); "
+        "for CLIP with no network, pass a local checkpoint folder with --model FOLDER, or "
+        f"point HF_HOME at a Hugging Face cache that holds {DEFAULT_CLIP}"
+    )
 
 
 _loaded: dict[tuple[str, str], Model] = {}
