@@ -165,8 +165,9 @@ def features(out) -> np.ndarray:  # noqa: ANN001 - a tensor or a transformers ou
 class FeaturesModel(Model):
     """One checkpoint for both sides: its image features already lie in the text space.
 
-    Texts are tokenized as its processor does: SigLIP's padded to its full length (64
-    tokens; it was trained so, and reads the last position), others to the longest text.
+    Texts are tokenized as its processor does: SigLIP's lowercased and padded to its full
+    length (64 tokens; SigLIP and SigLIP 2 were trained so, and read the last position),
+    others padded to the longest text.
     """
 
     def __init__(self, source: str, device: torch.device, local_files_only: bool = True):
@@ -229,6 +230,8 @@ class FeaturesModel(Model):
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch
 
+        if self.pad_to_max:  # a SigLIP 2 checkpoint's Gemma tokenizer keeps the case
+            texts = [text.lower() for text in texts]
         tokens = self.tokenizer(
             texts,
             padding="max_length" if self.pad_to_max else True,
