@@ -17,6 +17,7 @@ from imgsearch.errors import ImgsearchError
 from imgsearch.files import Limits
 from imgsearch.indexer import skip_counts
 from imgsearch.projections import PROJECTIONS
+from imgsearch.results import Graph
 from imgsearch.scoring import check_score
 from imgsearch.storage import is_disk_full
 
@@ -143,7 +144,17 @@ def read_list(path: Path) -> list[str]:
 logging.getLogger("sqlalchemy.pool").addHandler(logging.NullHandler())
 
 
-class MethodChoice(click.Choice):
+class Choice(click.Choice):
+    """A choice whose wrong value is one line on stderr, as every other bad value is."""
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            raise BadValue(exc.message, ctx=ctx, param=param) from None
+
+
+class MethodChoice(Choice):
     """The scoring methods registered when the command runs (``imgsearch.scoring``), not
     when this module was imported: a method registered by a program is offered too."""
 
@@ -203,7 +214,7 @@ def main() -> None:
 @db_option
 @click.option(
     "--model",
-    help="CLIP checkpoint id or folder, or 'offline' (default: CLIP if it "
+    help="CLIP or SigLIP checkpoint id or folder, or 'offline' (default: CLIP if it "
     "can be loaded, else offline; an existing index keeps its own).",
 )
 @captions_option
@@ -569,6 +580,9 @@ def compare(
     click.echo(f"shared captions: {shared_text(result.shared)}")
 
 
+GRAPH_FORMATS = ["json", "graphml", "csv"]
+GRAPH_SUFFIXES = {".json": "json", ".graphml": "graphml", ".csv": "csv"}
+
 method_option = click.option(
     "--method",
     type=MethodChoice(),
@@ -606,43 +620,115 @@ method_option = click.option(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["json", "graphml", "csv"]),
-    default="json",
-    show_default=True,
+    type=Choice(GRAPH_FORMATS),
+    help="Print or write (with -o) the whole graph in this format (with -o, default: told "
+    "by the file's suffix, else json).",
 )
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the graph to this file (default: stdout).",
+    type=click.Path(path_type=Path),
+    help="Write the whole graph to this file instead of printing a summary.",
 )
 @db_option
+@json_option
 def graph(
     tau: float | None,
     method: str | None,
     k: int,
     mutual: bool,
-    fmt: str,
+    fmt: str | None,
     output: Path | None,
     db: Db,
+    as_json: bool,
 ) -> None:
-    """The relationship graph: edges between images whose score is at least tau."""
+    """The relationship graph: edges between images whose score is at least tau.
+
+    Prints a summary: its size, the largest groups, its tau and method. --json prints the
+    whole graph as JSON; -o FILE [--format json|graphml|csv] writes it to a file."""
+    if as_json and fmt not in (None, "json"):
+        raise ImgsearchError(f"--json prints JSON, --format {fmt} asks for {fmt}: give one")
+    if as_json and output is not None:
+        raise ImgsearchError("--json prints the graph, -o FILE writes it (as JSON too): give one")
+    if k < 0:
+        raise ImgsearchError("--k must be 0 (every pair above tau) or a number of neighbours")
+    if output is not None:
+        if output.is_dir():
+            raise ImgsearchError(f"-o {output} is a folder: give a file to write the graph to")
+        fmt = fmt or GRAPH_SUFFIXES.get(output.suffix.lower(), "json")
     with Index.open(db) as ix:
         result = ix.graph(tau=tau, method=method, k=k or None, mutual=mutual)
-    target = output if output is not None else sys.stdout
-    if fmt == "graphml":
-        relations.write_graphml(target, result.nodes, result.edges, result.groups)
-    elif fmt == "csv":
-        relations.write_csv(target, result.nodes, result.edges)
-    elif output is not None:
-        output.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    else:
+    if as_json:
         emit(result.to_dict())
+    elif output is not None:
+        write_graph(result, fmt, output)
+        say(f"wrote {output} ({fmt}): {graph_counts(result)}")
+    elif fmt is not None:
+        write_graph(result, fmt, None)
+        say(graph_counts(result))
+    else:
+        for line in graph_summary(result):
+            click.echo(line)
+        say("the whole graph: --json, or -o FILE [--format json|graphml|csv]")
+
+
+def write_graph(result: Graph, fmt: str, output: Path | None) -> None:
+    """The whole graph in ``fmt`` to ``output``, or to stdout when it is None."""
+    try:
+        target = output if output is not None else sys.stdout
+        if fmt == "graphml":
+            relations.write_graphml(target, result.nodes, result.edges, result.groups)
+        elif fmt == "csv":
+            relations.write_csv(target, result.nodes, result.edges)
+        elif output is not None:
+            text = json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n"
+            output.write_text(text, encoding="utf-8")
+        else:
+            emit(result.to_dict())
+    except OSError as exc:
+        if output is None or is_disk_full(exc):
+            raise
+        raise ImgsearchError(f"cannot write the graph to {output}: {exc.strerror}") from None
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def graph_counts(result: Graph) -> str:
     linked = sum(len(g) for g in result.groups if len(g) > 1)
-    say(
-        f"{len(result.edges)} edges, {len(result.groups)} groups, {linked} of "
-        f"{len(result.nodes)} images linked (tau {result.tau:g}, {result.method})"
+    return (
+        f"{plural(len(result.edges), 'edge')}, {plural(len(result.groups), 'group')}, {linked} "
+        f"of {plural(len(result.nodes), 'image')} linked (tau {result.tau:g}, {result.method})"
     )
+
+
+def graph_summary(result: Graph, most: int = 5, members: int = 3) -> list[str]:
+    """A few lines about the graph instead of all of it: its size, how it was made, and its
+    largest groups (``most`` of them, ``members`` paths each)."""
+    linked = [g for g in result.groups if len(g) > 1]
+    alone = len(result.groups) - len(linked)
+    if result.k is None:
+        rule = "every pair at or above tau"
+    elif result.mutual:
+        rule = f"mutual nearest neighbours (each among the other's {result.k} nearest)"
+    else:
+        rule = f"each image to its {result.k} nearest neighbours"
+    lines = [
+        f"{plural(len(result.nodes), 'image')}, {plural(len(result.edges), 'edge')}, "
+        f"{plural(len(result.groups), 'group')}: {len(linked)} of two or more images, "
+        f"{alone} of one",
+        f"method {result.method}, tau {result.tau:g}: {rule}",
+    ]
+    if linked:
+        lines.append("largest groups:")
+    for group in linked[:most]:
+        paths = ", ".join(result.nodes[row] for row in group[:members])
+        more = f" (+{len(group) - members} more)" if len(group) > members else ""
+        lines.append(f"  {len(group)} images: {paths}{more}")
+    if len(linked) > most:
+        lines.append(f"  ... {plural(len(linked) - most, 'more group')}")
+    return lines
 
 
 @main.command()

@@ -41,19 +41,20 @@ COVERAGE_LOW = 0.40
 # The relationship graph links mutual nearest neighbours (each among the other's GRAPH_K
 # nearest) whose hybrid score is at least the graph's tau: precise links that still reach
 # most images (benchmarks/relations_quality.py; offline calibrated on the development set,
-# clip a documented default). Keyed by model family (imgsearch.models.family).
+# clip and siglip documented defaults). Keyed by model family (imgsearch.models.family).
 GRAPH_METHOD = "hybrid"
 GRAPH_K = 5
 GRAPH_MUTUAL = True
-GRAPH_TAU = {"offline": 0.56, "clip": 0.5}
+GRAPH_TAU = {"offline": 0.56, "clip": 0.5, "siglip": 0.5}
 # k-means clusters when neither --k nor --tau is given.
 CLUSTERS_K = 10
 # How sets of images are matched by default (see relations.set_similarity).
 SET_METHOD = "hungarian"
-# Image-vector cosine at or above which two images count as copies of one photo, by model
-# family. CLIP: a documented default, not calibrated here (no CLIP weights offline).
-# Candidates only now: every candidate pair is verified on the pixels (imgsearch.copies).
-DUPLICATE_THRESHOLD = {"offline": 0.70, "clip": 0.85}  # offline: benchmarks/duplicates_quality.py
+# Image-vector cosine at or above which two photos are candidate copies, to verify, by model
+# family. offline: benchmarks/duplicates_quality.py; CLIP and SigLIP: documented defaults,
+# not calibrated here (no trained weights offline). Candidates only now: every candidate
+# pair is verified on the pixels (imgsearch.copies).
+DUPLICATE_THRESHOLD = {"offline": 0.70, "clip": 0.85, "siglip": 0.85}
 # Two photos captured at most this many seconds apart (EXIF) and at least as close in image
 # vectors as the index's calibrated image tau are one scene shot twice: the similar tier.
 BURST_SECONDS = 10.0

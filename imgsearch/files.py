@@ -550,7 +550,9 @@ class Preprocess:
 
     The first half runs in decode workers (threads or processes) and returns uint8, a quarter
     of the bytes of float32 to pass between processes and to copy to a GPU; ``normalize``
-    does the rest in one batched tensor operation where the model runs.
+    does the rest in one batched tensor operation where the model runs. ``stretch``: resize
+    the whole image to (crop, crop), aspect ratio not kept and nothing cut off, as SigLIP's
+    image processor does.
     """
 
     resize: int
@@ -558,11 +560,16 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resample: int = Image.Resampling.BICUBIC
+    stretch: bool = False
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """(crop, crop, 3) uint8 RGB."""
         image = image.convert("RGB")
         w, h = image.size
+        if self.stretch:
+            if (w, h) != (self.crop, self.crop):
+                image = image.resize((self.crop, self.crop), self.resample, reducing_gap=None)
+            return np.array(image)  # writable
         scale = self.resize / min(w, h)
         size = (max(self.crop, round(w * scale)), max(self.crop, round(h * scale)))
         if size != (w, h):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -40,6 +41,15 @@ from imgsearch.thumbnails import cached_thumbnail
 
 DEFAULT_K = 24  # a grid's worth
 MAX_K = 200
+# A multipart upload: what its body may hold beyond the photo (boundaries, part headers and
+# small fields), and how many parts it may have at most.
+FORM_OVERHEAD = 64 * 1024
+FORM_FILES = 8
+FORM_FIELDS = 32
+
+# python-multipart logs a malformed form as a warning on stderr; the client's 400 answer
+# already says what was wrong with it.
+logging.getLogger("python_multipart").addHandler(logging.NullHandler())
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
 
 
@@ -211,17 +221,24 @@ def create_app(
             return JSONResponse({"query": query, "hits": viewer.hits(ix, hits)})
 
     async def search_image(request: Request) -> Response:
+        """The photo as the raw body, or as a multipart/form-data upload's file field."""
         k = _k(request)
+        form = _is_form(request.headers)
+        # A form carries the photo with its boundaries and part headers: room for those.
+        limit = viewer.upload_limit + (FORM_OVERHEAD if form else 0)
         body = bytearray()
-        too_large = int(request.headers.get("content-length") or 0) > viewer.upload_limit
+        too_large = _content_length(request) > limit
         async for chunk in request.stream():
             if not too_large:
                 body += chunk
-                too_large = len(body) > viewer.upload_limit
+                too_large = len(body) > limit
         # Read to the end even when refused, so the client gets the answer, not a reset.
+        if not too_large and form:
+            body = await form_file(request.headers, bytes(body))
+            too_large = len(body) > viewer.upload_limit
         if too_large:
-            limit = viewer.upload_limit / 2**20
-            return _error(413, f"the image is larger than the upload limit of {limit:g} MB")
+            megabytes = viewer.upload_limit / 2**20
+            return _error(413, f"the image is larger than the upload limit of {megabytes:g} MB")
         if not body:
             raise ImgsearchError("the upload is empty: choose an image file")
         return await run_in_threadpool(search_upload, bytes(body), k)
@@ -313,6 +330,43 @@ def create_app(
     )
     app.state.viewer = viewer
     return app
+
+
+def _is_form(headers: Headers) -> bool:
+    return headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+def _content_length(request: Request) -> int:
+    try:
+        return int(request.headers.get("content-length") or 0)
+    except ValueError:
+        raise ImgsearchError("the Content-Length header is not a number") from None
+
+
+async def form_file(headers: Headers, body: bytes) -> bytes:
+    """The photo in a multipart/form-data body already read (and size-checked): the field
+    named "file", else the first file field. Parsed in memory (python-multipart, through
+    Starlette's parser), never spooled to disk."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(headers, chunks(), max_files=FORM_FILES, max_fields=FORM_FIELDS)
+    parser.spool_max_size = len(body) + 1  # the file stays in memory
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ImgsearchError(f"the upload is not a valid form: {exc.message}") from None
+    try:
+        files = [(n, v) for n, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise ImgsearchError("the form has no file: send the photo in a file field 'file'")
+        chosen = next((v for n, v in files if n == "file"), files[0][1])
+        return await chosen.read()
+    finally:
+        await form.close()
 
 
 def _error(status: int, message: str) -> JSONResponse:

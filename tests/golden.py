@@ -125,8 +125,8 @@ def record(
         args = ["query", "--text", text, "-k", str(n), "--explain", "--json"]
         out[f"text {text}"] = _run(args, root)
     out["compare"] = _run(["compare", str(pair[0]), str(pair[1]), "--json"], root)
-    out["graph"] = _run(["graph"], root)
-    out["graph caption"] = _run(["graph", "--method", "caption", "--k", "0"], root)
+    out["graph"] = _run(["graph", "--json"], root)
+    out["graph caption"] = _run(["graph", "--method", "caption", "--k", "0", "--json"], root)
     out["clusters"] = _run(["clusters", "--json"], root)
     out["clusters k3"] = _run(["clusters", "--k", "3", "--method", "hybrid", "--json"], root)
     out["clusters tau"] = _run(["clusters", "--tau", "0.2", "--json"], root)

@@ -55,7 +55,7 @@ def test_index_records_calibrated_taus(tmp_path: Path, small_bank: Path) -> None
             expected = index.vectors.calibrated_tau(method)
             assert expected is not None and status["tau"][method] == expected
             assert expected != scoring.get(method).tau["offline"]  # not the default
-    graph = json.loads(run("graph", "--method", "caption", cwd=folder).stdout)
+    graph = json.loads(run("graph", "--method", "caption", "--json", cwd=folder).stdout)
     assert graph["tau"] == status["tau"]["caption"]
     compared = run(
         "compare", str(folder / "000.jpg"), str(folder / "001.jpg"), "--json", cwd=folder

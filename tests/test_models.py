@@ -22,7 +22,12 @@ def test_unreachable_hub_falls_back_to_offline_within_seconds(monkeypatch) -> No
     model = load_model(None, torch.device("cpu"), said.append)
     assert time.perf_counter() - start < 30
     assert model.name == "offline"
-    assert len(said) == 1 and "cannot be reached" in said[0]
+    assert len(said) == 1 and "\n" not in said[0]
+    line = said[0]
+    assert line.startswith("using the offline model, which recognises only the 1000 ImageNet")
+    assert "the Hugging Face hub cannot be reached" in line  # why
+    assert "a local checkpoint folder with --model FOLDER" in line  # CLIP with no network
+    assert "Hugging Face cache" in line and "HF_HOME" in line
 
 
 def test_a_named_clip_that_cannot_be_had_is_a_clear_error() -> None:

@@ -82,7 +82,7 @@ def test_every_command_gives_the_same_results_as_on_sqlite(
             "text": as_json("query", "--text", "a cup of coffee", "--db", db, "-k", "3"),
             "captions": as_json("captions", str(photos / "chelsea.jpg"), "--db", db),
             "graph": json.loads(
-                ok("graph", "--db", db, "--method", "image", "--tau", "0.5").stdout
+                ok("graph", "--db", db, "--method", "image", "--tau", "0.5", "--json").stdout
             ),
             "duplicates": as_json("duplicates", "--db", db, "--threshold", "0.5"),
             "clusters": as_json("clusters", "--db", db, "--k", "3"),

@@ -31,14 +31,14 @@ def library(tmp_path: Path, small_bank: Path) -> Path:
 
 def test_graph_formats_agree(library: Path, tmp_path: Path) -> None:
     every = json.loads(
-        run("graph", "--k", "0", "--tau", "-1", "--method", "caption", cwd=library).stdout
+        run("graph", "--k", "0", "--tau", "-1", "--method", "caption", "--json", cwd=library).stdout
     )
     assert len(every["edges"]) == 10 * 9 // 2  # every pair clears tau -1
     scores = sorted(e["score"] for e in every["edges"])
     tau = round((scores[29] + scores[30]) / 2, 6)  # between two scores: exactly 15 edges
     assert scores[30] - scores[29] > 1e-5
     args = ["graph", "--k", "0", "--tau", str(tau), "--method", "caption"]
-    as_json = json.loads(run(*args, cwd=library).stdout)
+    as_json = json.loads(run(*args, "--json", cwd=library).stdout)
     edges = {(e["source"], e["target"]) for e in as_json["edges"]}
     assert len(edges) == 45 - 30 and all(e["score"] >= tau for e in as_json["edges"])
     assert as_json["tau"] == tau and as_json["method"] == "caption"
@@ -56,15 +56,70 @@ def test_graph_formats_agree(library: Path, tmp_path: Path) -> None:
     tree = ET.parse(out)
     assert len(tree.findall(".//g:edge", ns)) == len(edges)
     assert len(tree.findall(".//g:node", ns)) == len(as_json["nodes"])
+    for name, fmt in (("g.json", "json"), ("g.csv", "csv"), ("g.graphml", "graphml")):
+        done = run(*args, "-o", str(tmp_path / name), cwd=library)  # the suffix tells
+        assert done.exit_code == 0 and done.stdout == "", done.output
+        assert done.stderr.startswith(f"imgsearch: wrote {tmp_path / name} ({fmt}): 15 edges")
+    assert json.loads((tmp_path / "g.json").read_text()) == as_json
+    assert (tmp_path / "g.csv").read_text() == text
+    done = run(*args, "-o", str(tmp_path / "edges.txt"), "--format", "csv", cwd=library)
+    assert (tmp_path / "edges.txt").read_text() == text  # --format over the suffix
+
+
+def test_graph_prints_a_summary_by_default(library: Path) -> None:
+    args = ["graph", "--k", "0", "--tau", "-1", "--method", "caption"]
+    done = run(*args, cwd=library)
+    assert done.exit_code == 0, done.output
+    lines = done.stdout.splitlines()
+    assert lines[:2] == [
+        "10 images, 45 edges, 1 group: 1 of two or more images, 0 of one",
+        "method caption, tau -1: every pair at or above tau",
+    ]
+    assert lines[2] == "largest groups:" and len(lines) == 4
+    shown = lines[3].removeprefix("  10 images: ").removesuffix(" (+7 more)").split(", ")
+    assert len(shown) == 3 and all(Path(p).is_file() and library in Path(p).parents for p in shown)
+    assert (
+        done.stderr
+        == "imgsearch: the whole graph: --json, or -o FILE [--format json|graphml|csv]\n"
+    )
+    default = run("graph", cwd=library).stdout.splitlines()
+    graph = json.loads(run("graph", "--json", cwd=library).stdout)
+    groups = [g for g in graph["groups"] if len(g) > 1]
+    assert default[0].startswith(f"10 images, {len(graph['edges'])} edge")
+    assert default[1] == (
+        "method hybrid, tau 0.56: mutual nearest neighbours (each among the other's 5 nearest)"
+    )
+    assert len(default) == 2 + bool(groups) + min(len(groups), 5) + (len(groups) > 5)
+    copies = {str(library / "chelsea.jpg"), str(library / "chelsea-copy.png")}
+    assert any(copies <= set(line.split(": ", 1)[-1].split(", ")) for line in default[3:])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--json", "--format", "csv"], "--json prints JSON, --format csv asks for csv: give one"),
+        (["--json", "-o", "g.json"], "--json prints the graph, -o FILE writes it (as JSON too)"),
+        (["--format", "xml"], "Invalid value for '--format': 'xml' is not one of"),
+        (["--k", "-1"], "--k must be 0 (every pair above tau) or a number of neighbours"),
+        (["-o", "."], "-o . is a folder: give a file to write the graph to"),
+        (["-o", "no/such/folder/g.csv"], "cannot write the graph to no/such/folder/g.csv: No such"),
+        (["--method", "colour"], "Invalid value for '--method': 'colour' is not one of"),
+    ],
+)
+def test_each_graph_mistake_is_one_line(library: Path, args: list[str], message: str) -> None:
+    done = run("graph", *args, cwd=library)
+    assert done.exit_code in (1, 2) and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("imgsearch: error: ")
+    assert message in done.stderr, done.stderr
 
 
 def test_default_graph_links_mutual_neighbours_only(library: Path) -> None:
-    everything = json.loads(run("graph", "--k", "0", "--tau", "-1", cwd=library).stdout)
+    everything = json.loads(run("graph", "--k", "0", "--tau", "-1", "--json", cwd=library).stdout)
     assert len(everything["edges"]) == 45
-    loose = json.loads(run("graph", "--tau", "-1", cwd=library).stdout)
+    loose = json.loads(run("graph", "--tau", "-1", "--json", cwd=library).stdout)
     assert loose["k"] == 5 and loose["mutual"] is True and loose["method"] == "hybrid"
     assert 0 < len(loose["edges"]) < 45
-    default = json.loads(run("graph", cwd=library).stdout)
+    default = json.loads(run("graph", "--json", cwd=library).stdout)
     assert default["tau"] == 0.56  # the graph's own calibrated tau
     assert len(default["edges"]) <= len(loose["edges"])
     assert all(e["score"] >= 0.56 for e in default["edges"])

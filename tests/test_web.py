@@ -258,6 +258,62 @@ def test_uploads_are_size_limited(server: str) -> None:
     assert status == 400 and "empty" in json.loads(body)["error"]
 
 
+def multipart(parts: list[tuple[str, str | None, bytes]]) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body as browsers and curl -F send it: (name, filename or None
+    for a plain field, content) per part; and its Content-Type header."""
+    boundary = "----imgsearch-test-7d1f2a"
+    body = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"\r\nContent-Type: image/jpeg'
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        body += data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def post_form(url: str, parts: list[tuple[str, str | None, bytes]]) -> tuple[int, dict]:
+    body, headers = multipart(parts)
+    status, answer = request(url, "/api/search/image?k=4", "POST", body, WAIT, headers)
+    return status, json.loads(answer)
+
+
+def test_a_multipart_upload_is_searched_as_a_raw_one(server: str) -> None:
+    photo = io.BytesIO()
+    sample("chelsea").save(photo, "JPEG", quality=85)  # a real JPEG, not in the index
+    status, raw = get(server, "/api/search/image?k=4", "POST", photo.getvalue())
+    assert status == 200
+    hits = json.loads(raw)["hits"]
+    assert {h["name"] for h in hits[:2]} == {"chelsea.jpg", "chelsea-small.jpg"}
+    assert len(hits) == 4 and hits[0]["score"] > 0.9
+    status, answer = post_form(
+        server, [("k", None, b"2"), ("file", "my cat.jpg", photo.getvalue())]
+    )
+    assert status == 200 and answer == json.loads(raw)  # the same photo, the same answer
+    # No field named "file": the first file field is the photo.
+    parts = [("note", None, b"hello"), ("photo", "a.jpg", photo.getvalue())]
+    parts.append(("other", "b.jpg", b"not this one"))
+    assert post_form(server, parts) == (200, json.loads(raw))
+
+
+def test_multipart_mistakes_are_one_clear_error_each(server: str) -> None:
+    status, answer = post_form(server, [("note", None, b"no photo here")])
+    assert status == 400
+    assert answer == {"error": "the form has no file: send the photo in a file field 'file'"}
+    status, answer = post_form(server, [("file", "empty.jpg", b"")])
+    assert status == 400 and answer["error"] == "the upload is empty: choose an image file"
+    status, answer = post_form(server, [("file", "notes.txt", b"plain text")])
+    assert (status, answer) == (400, {"error": "the upload cannot be used: not an image"})
+    status, answer = post_form(server, [("file", "big.jpg", b"\xff" * (20 * 2**20 + 1))])
+    assert status == 413  # the same limit as a raw body, on the photo itself
+    assert answer == {"error": "the image is larger than the upload limit of 20 MB"}
+    headers = {"Content-Type": "multipart/form-data"}  # no boundary
+    status, body = request(server, "/api/search/image", "POST", b"--x--", WAIT, headers)
+    assert status == 400
+    assert json.loads(body)["error"].startswith("the upload is not a valid form: ")
+
+
 def test_screenshot(browser: WebDriver, server: str, tmp_path: Path) -> None:
     open_page(browser, server, "#text=a rocket")
     results(browser, "the text search")

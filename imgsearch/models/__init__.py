@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import Preprocess
-from imgsearch.models import clip, offline
+from imgsearch.models import clip, offline, siglip
 from imgsearch.models.base import Backend, ImageEmbeddings, Model, normalize
 from imgsearch.models.clip import DEFAULT_CLIP
 from imgsearch.models.offline import OFFLINE
@@ -30,6 +30,7 @@ __all__ = [
     "Model",
     "Preprocess",
     "backend",
+    "fallback_note",
     "family",
     "load_model",
     "model_id",
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 # Asked in order; the first whose ``matches`` takes the name wins (CLIP takes any name).
-BACKENDS: list[Backend] = [offline.BACKEND, clip.BACKEND]
+BACKENDS: list[Backend] = [offline.BACKEND, siglip.BACKEND, clip.BACKEND]
 
 
 def backend(name: str) -> Backend:
@@ -96,8 +97,18 @@ def load_model(name: str | None, device: torch.device, say=None) -> Model:  # no
         return _load(DEFAULT_CLIP, device)
     except ImgsearchError as exc:
         if say is not None:
-            say(f"using the offline model ({exc})")
+            say(fallback_note(str(exc)))
         return _load(OFFLINE, device)
+
+
+def fallback_note(reason: str) -> str:
+    """The one line that says the offline model is used, why, what it cannot see, and how
+    to have CLIP with no network."""
+    return (
+        f"using the offline model, which recognises only the 1000 ImageNet classes ({reason}); "
+        "for CLIP with no network, pass a local checkpoint folder with --model FOLDER, or "
+        f"point HF_HOME at a Hugging Face cache that holds {DEFAULT_CLIP}"
+    )
 
 
 _loaded: dict[tuple[str, str], Model] = {}
