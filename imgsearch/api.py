@@ -49,8 +49,10 @@ from imgsearch.results import (
     Moved,
     SetHit,
     Status,
+    Text,
 )
 from imgsearch.search import VectorIndex, parse_size
+from imgsearch.selection import Selection, dates_of
 from imgsearch.storage import Store, is_url
 from imgsearch.vectors import Vectors
 
@@ -61,6 +63,8 @@ DB_DIR = ".imgsearch"
 DB_NAME = "index.db"
 
 ImageInput = str | os.PathLike | Image.Image
+# A term of a combined query: an image, a text, or either with a weight.
+Term = ImageInput | Text | tuple[float, ImageInput | Text]
 
 __all__ = [
     "Index",
@@ -337,25 +341,81 @@ class Index:
 
     def query(
         self,
-        images: ImageInput | Sequence[ImageInput],
+        images: ImageInput | Sequence[ImageInput] | None = None,
         k: int = config.DEFAULT_K,
         under: str | os.PathLike | None = None,
         explain: bool = False,
         method: str | None = None,
+        *,
+        positive: Sequence[Term] = (),
+        negative: Sequence[Term] = (),
+        after: str | None = None,
+        before: str | None = None,
+        camera: str | None = None,
+        min_score: float | None = None,
+        sort: str = "score",
     ) -> list[Hit]:
-        """Rank the collection by similarity to one image (or the average of several), by
-        ``method`` (default: the index's own, ``default_method``)."""
-        method = self.default_method if method is None else method
-        scorer = scoring.get(method, ranking=True)
-        if isinstance(images, (str, os.PathLike, Image.Image)):
+        """Rank the collection by similarity to the query: ``images`` (averaged) and the
+        ``positive`` terms, minus the ``negative`` ones. A term is an image (a path or a PIL
+        image), a ``Text``, or a (weight, term) pair. By ``method`` (default: the index's
+        own; a query with text ranks in caption space, or by image vectors where the model's
+        images and texts share one space).
+
+        ``after``/``before`` (YYYY, YYYY-MM or YYYY-MM-DD; after inclusive, before
+        exclusive), ``camera`` (part of the make or model) and ``under`` select the photos;
+        ``min_score`` drops weaker hits; ``sort="date"`` orders the best ``k`` above the
+        cutoff (``min_score``, else the method's tau) newest first."""
+        if images is None:
+            images = []
+        elif isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
-        if not images:
-            raise ImgsearchError("no query image given")
-        described = [self.describe(image) for image in images]
-        vector = np.mean([scorer.vector(self.scoring, d) for d in described], axis=0)
-        exclude = {d.indexed_id for d in described if d.indexed_id is not None}
-        query_captions = [c for d in described for c in d.caption_ids]
-        return self._rank(vector, k, under, exclude, query_captions if explain else None, method)
+        plus = [_term(t) for t in [*images, *positive]]
+        minus = [_term(t) for t in negative]
+        if not plus:
+            raise ImgsearchError("no query given: give an image or a text to look for")
+        if sort not in ("score", "date"):
+            raise ImgsearchError(f"unknown sort {sort!r}: use score or date")
+        min_score = scoring.check_score(min_score, "min-score")
+        texts = [t for _, t in plus + minus if isinstance(t, Text)]
+        if method is None:
+            method = "caption" if texts else self.default_method
+        scorer = scoring.get(method, ranking=True)
+        if texts:
+            self._check_text_method(method)
+        text_vectors = {}
+        if texts:
+            encoded = self.model.encode_texts([t.text for t in texts])
+            text_vectors = dict(zip(texts, encoded))
+        exclude: set[int] = set()
+        query_captions: list[int] = []
+        total = sum(w for w, _ in plus)
+        vector = None
+        for sign, terms in ((1.0, plus), (-1.0, minus)):
+            for weight, term in terms:
+                if isinstance(term, Text):
+                    text_vector = text_vectors[term]
+                    part = scorer.text(self.scoring, text_vector)
+                    if sign > 0 and explain:
+                        query_captions += self.bank.top(text_vector, self.top_n)[1][0].tolist()
+                else:
+                    described = self.describe(term)
+                    part = scorer.vector(self.scoring, described)
+                    if described.indexed_id is not None:
+                        exclude.add(described.indexed_id)
+                    if sign > 0:
+                        query_captions += described.caption_ids
+                part = sign * weight / total * np.asarray(part, dtype=np.float32)
+                vector = part if vector is None else vector + part
+        allowed = self._selected(under, after, before, camera)
+        hits = self._rank(vector, k, allowed, exclude, query_captions if explain else None, method)
+        cutoff = min_score
+        if sort == "date" and cutoff is None:
+            cutoff = self.tau(method)
+        if cutoff is not None:
+            hits = [h for h in hits if h.score >= cutoff]
+        if sort == "date":
+            hits.sort(key=lambda h: h.taken or "", reverse=True)
+        return hits
 
     def query_text(
         self,
@@ -363,17 +423,48 @@ class Index:
         k: int = config.DEFAULT_K,
         under: str | os.PathLike | None = None,
         explain: bool = False,
+        **options: object,
     ) -> list[Hit]:
-        """Rank by the cosine between the text and each image's caption vector."""
+        """Rank by the cosine between the text and each image's caption vector (the
+        ``query`` options, filters and sorting included, apply)."""
         if not text.strip():
             raise ImgsearchError("the query text is empty")
-        text_vector = self.model.encode_texts([text])[0]
-        vector = scoring.get("caption").text(self.scoring, text_vector)
-        query_captions = None
-        if explain:
-            _, ids = self.bank.top(text_vector, self.top_n)
-            query_captions = ids[0].tolist()
-        return self._rank(vector, k, under, set(), query_captions, "caption")
+        positive = [Text(text), *options.pop("positive", ())]  # type: ignore[misc]
+        return self.query(positive=positive, k=k, under=under, explain=explain, **options)
+
+    def _check_text_method(self, method: str) -> None:
+        """Text terms rank in caption space, or by image vectors where the model puts
+        images and texts in one space (CLIP, SigLIP): not the offline model's."""
+        if method == "caption":
+            return
+        if method == "image" and family(self.model_name) != "offline":
+            return
+        if method == "image":
+            raise ImgsearchError(
+                "the offline model's image vectors do not share a space with texts: a query "
+                "with text ranks by --method caption"
+            )
+        raise ImgsearchError(f"a query with text ranks by caption (or image), not {method}")
+
+    def _selected(
+        self,
+        under: str | os.PathLike | None,
+        after: str | None,
+        before: str | None,
+        camera: str | None,
+    ) -> list[int] | None:
+        """The ids the filters let through (None: all); one clear line when none do."""
+        relative = None
+        if under is not None:
+            relative = self._relative(Path(under), must_exist=False)
+            if relative is None:
+                raise ImgsearchError(f"{under} is not inside the indexed folder {self.root}")
+        chosen = Selection.of(after, before, camera, relative).ids(self.store)
+        if chosen is not None and not chosen:
+            if relative is not None and not self.store.ids_under(relative):
+                raise ImgsearchError(f"nothing is indexed under {under}")
+            raise ImgsearchError("no indexed photo fits the date, camera and folder filters")
+        return chosen
 
     def compare(
         self,
@@ -408,7 +499,18 @@ class Index:
 
     # --- relations between images -------------------------------------------
 
-    def _collection(self) -> Collection:
+    def _collection(self, filters: dict | None = None) -> Collection:
+        """The collection, or the part of it the ``filters`` (after, before, camera,
+        under) let through."""
+        scope = None
+        unknown = set(filters or ()) - {"after", "before", "camera", "under"}
+        if unknown:
+            raise TypeError(f"unknown filter {sorted(unknown)[0]!r}")
+        if filters:
+            scope = self._selected(
+                filters.get("under"), filters.get("after"), filters.get("before"),
+                filters.get("camera"),
+            )  # fmt: skip
         return Collection(
             self.root,
             self.store,
@@ -416,6 +518,7 @@ class Index:
             self.tau,
             self.graph_tau(),
             self.duplicate_threshold(),
+            scope,
         )
 
     def graph(
@@ -440,14 +543,17 @@ class Index:
         k: int | None = None,
         tau: float | None = None,
         method: str = config.DEFAULT_METHOD,
+        **filters: str | os.PathLike | None,
     ) -> list[Cluster]:
         """Groups of images, each named by the captions most common among its members.
 
         With ``k``: k-means on the method's vectors (default: config.CLUSTERS_K). With
         ``tau``: the connected components of the relationship graph at tau (see ``graph``;
         an image with no edge is a cluster of one). Every image is in exactly one cluster.
+        ``filters``: ``after``, ``before``, ``camera``, ``under``, as ``query`` takes them,
+        limit the clusters to the photos they let through.
         """
-        return self._collection().clusters(k, tau, method)
+        return self._collection(filters).clusters(k, tau, method)
 
     def duplicate_threshold(self) -> float:
         """The image-vector cosine at or above which two photos are candidates to verify."""
@@ -457,13 +563,14 @@ class Index:
         self,
         threshold: float | None = None,
         progress: Callable[[int, int], None] | None = None,
+        **filters: str | os.PathLike | None,
     ) -> list[Duplicates]:
         """Duplicate groups in tiers (``exact``, ``copy``, ``similar``), each with the photo
         to keep and why, and every other member's score and evidence. Candidates come from
         image vectors at ``threshold`` or above, orientation hashes and capture times; each is
         verified on the pixels. ``progress(done, total)`` follows the verification. Nothing
         on disk is touched."""
-        return self._collection().duplicates(threshold, self.limits, progress)
+        return self._collection(filters).duplicates(threshold, self.limits, progress)
 
     def duplicates_plan(
         self, groups: list[Duplicates], folder: str | os.PathLike, include_similar: bool = False
@@ -526,12 +633,17 @@ class Index:
         return cached_thumbnail(found, size) if found is not None else None
 
     def layout(
-        self, projection: str = "auto", k: int | None = None, method: str = config.DEFAULT_METHOD
+        self,
+        projection: str = "auto",
+        k: int | None = None,
+        method: str = config.DEFAULT_METHOD,
+        **filters: str | os.PathLike | None,
     ) -> Layout:
         """The collection in two dimensions (t-SNE; PCA for large collections or on request),
         each image with its k-means cluster (``k`` clusters, by default fewer for a small
-        collection: ``config.viewer_clusters``): what ``imgsearch map`` draws."""
-        return self._collection().layout(projection, k, method)
+        collection: ``config.viewer_clusters``): what ``imgsearch map`` draws. ``filters``
+        as for ``clusters``."""
+        return self._collection(filters).layout(projection, k, method)
 
     @property
     def limits(self) -> Limits:
@@ -576,22 +688,21 @@ class Index:
         self,
         vector: np.ndarray,
         k: int,
-        under: str | os.PathLike | None,
+        allowed: list[int] | None,
         exclude: set[int],
         query_captions: list[int] | None,
         method: str,
     ) -> list[Hit]:
         if k < 1:
             raise ImgsearchError("-k must be at least 1")
-        allowed = None
-        if under is not None:
-            relative = self._relative(Path(under), must_exist=False)
-            if relative is None:
-                raise ImgsearchError(f"{under} is not inside the indexed folder {self.root}")
-            allowed = self.store.ids_under(relative)
-            if not allowed:
-                raise ImgsearchError(f"nothing is indexed under {under}")
-        return self.vectors.rank(vector, method, k, allowed, exclude, self.root, query_captions)
+        hits = self.vectors.rank(vector, method, k, allowed, exclude, self.root, query_captions)
+        dates = dates_of(self.store, [h.id for h in hits if h.id is not None])
+        for hit in hits:
+            found = dates.get(hit.id) if hit.id is not None else None
+            if found is not None:
+                hit.taken, hit.taken_from = found.taken, found.taken_from
+                hit.camera, hit.gps = found.camera, found.gps
+        return hits
 
     # --- one image ------------------------------------------------------------
 
@@ -617,6 +728,16 @@ class Index:
                 f"{shown(str(path))}: the file name is not valid UTF-8; rename it to use it"
             )
         return relative_path(self.root, path, must_exist)
+
+
+def _term(term: Term) -> tuple[float, ImageInput | Text]:
+    """(weight, image or text); a weight must be a positive number."""
+    weight, value = term if isinstance(term, tuple) else (1.0, term)
+    if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+        raise ImgsearchError(f"a query term's weight must be a positive number, not {weight!r}")
+    if isinstance(value, Text) and not value.text.strip():
+        raise ImgsearchError("a query text is empty")
+    return float(weight), value
 
 
 def _check_model(index: Index, requested: str | None) -> None:

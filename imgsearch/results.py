@@ -34,12 +34,26 @@ class Caption:
 @dataclass
 class Hit:
     """A ranked result. ``path`` is absolute; ``shared`` explains the match when asked for;
-    ``id`` is the image's id in the index (how the web UI addresses its thumbnail)."""
+    ``id`` is the image's id in the index (how the web UI addresses its thumbnail);
+    ``taken`` its date (EXIF capture time, else the file's mtime: ``taken_from`` says
+    which), ``camera`` and ``gps`` from its EXIF data."""
 
     path: str
     score: float
     shared: list[str] = field(default_factory=list)
     id: int | None = None
+    taken: str | None = None
+    taken_from: str | None = None
+    camera: str | None = None
+    gps: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text term of a combined query (``Index.query(positive=[Text("snow"), ...])``):
+    a plain string there is a path."""
+
+    text: str
 
 
 @dataclass

@@ -27,7 +27,7 @@ LAYERS = [
         "thumbnails",
         "copies",
     },
-    {"indexer", "derived", "scoring"},
+    {"indexer", "derived", "scoring", "selection"},
     {"distributed", "vectors", "duplicates"},
     {"collection"},
     {"api"},
