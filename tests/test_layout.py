@@ -1,4 +1,4 @@
-"""The package's imports run one way, layer by layer, with no cycles (README: Layout)."""
+"""The package's imports run one way, layer by layer, with no cycles (docs/layout.md)."""
 
 from __future__ import annotations
 
