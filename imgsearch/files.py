@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -360,19 +361,24 @@ class PhotoFacts:
         return cls(**values)
 
 
+@functools.cache
+def _ijg_sums() -> tuple[int, ...]:
+    """The sum of the IJG luminance table at each quality 1-100 (index 0 is quality 1)."""
+    sums = []
+    for quality in range(1, 101):
+        scale = 5000 / quality if quality < 50 else 200 - 2 * quality
+        sums.append(sum(min(255, max(1, int((q * scale + 50) // 100))) for q in _IJG_LUMINANCE))
+    return tuple(sums)
+
+
 def jpeg_quality(tables: dict[int, list[int]] | None) -> int | None:
     """The IJG quality (1-100) whose luminance table is nearest the file's first table:
     a recompressed copy has a lower one than the photo it came from."""
     if not tables or 0 not in tables or len(tables[0]) != 64:
         return None
     have = sum(tables[0])
-    best, gap = None, None
-    for quality in range(1, 101):
-        scale = 5000 / quality if quality < 50 else 200 - 2 * quality
-        table = sum(min(255, max(1, int((q * scale + 50) // 100))) for q in _IJG_LUMINANCE)
-        if gap is None or abs(table - have) < gap:
-            best, gap = quality, abs(table - have)
-    return best
+    gaps = [abs(total - have) for total in _ijg_sums()]
+    return gaps.index(min(gaps)) + 1
 
 
 def _text(value: object) -> str | None:
@@ -406,16 +412,33 @@ def _degrees(value: object, ref: object) -> float | None:
 
 
 def orientation_hashes(image: Image.Image) -> bytes:
-    """The perceptual hash (DCT of 32x32 gray, 8x8 low frequencies against their median) of
-    the photo in each of the eight orientations, 8 bytes each."""
-    import imagehash
+    """The perceptual hash (pHash: the DCT of the 32 x 32 gray photo, its 8 x 8 lowest
+    frequencies against their median) of the photo in each of the eight orientations, 8
+    bytes each. All eight from one resize and one batched DCT: a photo costs well under a
+    millisecond (imagehash's phash, which this equals bit for bit, is called once per
+    orientation and costs several)."""
+    from scipy.fft import dct
 
-    small = image.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
-    out = bytearray()
-    for turn in ORIENTATIONS:
-        bits = imagehash.phash(small if turn is None else small.transpose(turn)).hash
-        out += np.packbits(bits.reshape(-1)).tobytes()
-    return bytes(out)
+    small = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), np.float64)
+    turned = np.stack([_turn(small, turn) for turn in ORIENTATIONS])
+    low = dct(dct(turned, axis=1), axis=2)[:, :8, :8].reshape(8, 64)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).tobytes()
+
+
+def _turn(pixels: np.ndarray, turn: Image.Transpose | None) -> np.ndarray:
+    """``pixels`` as PIL's transpose ``turn`` would leave them."""
+    if turn is None:
+        return pixels
+    return {
+        Image.Transpose.FLIP_LEFT_RIGHT: lambda p: p[:, ::-1],
+        Image.Transpose.FLIP_TOP_BOTTOM: lambda p: p[::-1],
+        Image.Transpose.ROTATE_90: lambda p: np.rot90(p, 1),
+        Image.Transpose.ROTATE_180: lambda p: np.rot90(p, 2),
+        Image.Transpose.ROTATE_270: lambda p: np.rot90(p, 3),
+        Image.Transpose.TRANSPOSE: lambda p: p.T,
+        Image.Transpose.TRANSVERSE: lambda p: np.rot90(p, 2).T,
+    }[turn](pixels)
 
 
 def photo_facts(opened: Image.Image, upright: Image.Image) -> PhotoFacts:
