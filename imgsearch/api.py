@@ -693,7 +693,7 @@ def _new_index(
     from imgsearch.models import load_model, pick_device
 
     loaded = load_model(model, pick_device(device), say)
-    bank_name, bank = indexer.new_bank(loaded, captions)
+    bank_name, bank = indexer.new_bank(loaded, captions, progress=say is not None)
     kind = family(loaded.name)
     taus = {f"tau.{m}": str(scoring.get(m).tau[kind]) for m in scoring.names()}
     # Concept bags rank better than today's caption score where the model makes them

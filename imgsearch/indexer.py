@@ -732,12 +732,16 @@ class Embedding:
         return self.describe(image, path)
 
 
-def new_bank(model: Model, captions: str | os.PathLike | None) -> tuple[str, CaptionBank]:
-    """A caption bank's name and its texts embedded by ``model`` (cached per model and bank)."""
+def new_bank(
+    model: Model, captions: str | os.PathLike | None, progress: bool = False
+) -> tuple[str, CaptionBank]:
+    """A caption bank's name and its texts embedded by ``model``: the packaged vectors of
+    the default bank where the package has them for the model, else read from the cache or
+    embedded (with a progress bar on a terminal, ``progress``) and cached per model and bank."""
     from imgsearch.models.base import cached_text_vectors
 
     name, texts = read_bank(captions)
-    return name, CaptionBank(texts, cached_text_vectors(model, texts))
+    return name, CaptionBank(texts, cached_text_vectors(model, texts, progress=progress))
 
 
 def _progress_bar(total: int, enabled: bool):  # noqa: ANN202 - tqdm or None

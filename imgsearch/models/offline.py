@@ -37,6 +37,11 @@ def imagenet_classes() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def class_prompts() -> list[str]:
+    """The text each class is embedded as: its vector stands for the class in the text space."""
+    return [f"a photo of a {name}" for name in imagenet_classes()]
+
+
 def _preprocess() -> Preprocess:
     from imgsearch.models.efficientnet import EFFICIENTNET_LITE0_PREPROCESS
 
@@ -67,8 +72,7 @@ class OfflineModel(Model):
         self.text_model = AutoModel.from_pretrained(text_dir, local_files_only=True)
         self.text_model = self.text_model.to(device).eval()
         self.class_names = imagenet_classes()
-        prompts = [f"a photo of a {name}" for name in self.class_names]
-        self.class_text_vectors = cached_text_vectors(self, prompts)
+        self.class_text_vectors = cached_text_vectors(self, class_prompts())
         self.class_vectors = torch.from_numpy(self.class_text_vectors).to(device)
 
     def encode_images(self, pixels: np.ndarray | torch.Tensor) -> ImageEmbeddings:
