@@ -8,13 +8,16 @@ import io
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from imgsearch.captions import read_bank
+from imgsearch.cli import main
 from imgsearch.indexer import new_bank
 from imgsearch.models import load_model, packaged
 from imgsearch.models.base import cached_text_vectors
@@ -97,3 +100,19 @@ def test_vectors_of_other_weights_are_not_used(tmp_path: Path) -> None:
     manifest["weights_version"] = "0.0.0-other"
     (tmp_path / packaged.MANIFEST).write_text(json.dumps(manifest))
     assert packaged.packaged_text_vectors("offline", class_prompts(), tmp_path) is None
+
+
+def test_the_index_summary_times_the_whole_run(photos: Path, small_bank: Path, monkeypatch):
+    import imgsearch.api as api
+
+    real = api._new_index
+
+    def slow(*args, **kwargs):  # noqa: ANN002, ANN003
+        time.sleep(1.0)  # as a model load and a bank embedding take
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "_new_index", slow)
+    args = ["index", str(photos), "--model", "offline", "--captions", str(small_bank), "--json"]
+    result = CliRunner().invoke(main, [*args, "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["seconds"] >= 1.0
