@@ -212,6 +212,12 @@ class Index:
         return self.embedding.model
 
     @property
+    def query_model(self) -> Model:
+        """The model single queries run: the loaded model where this process has it, else
+        its ONNX export (no torch to import; see ``imgsearch.models.onnx_runtime``)."""
+        return self.embedding.query_model
+
+    @property
     def bank(self) -> CaptionBank:
         return self.embedding.bank
 
@@ -269,6 +275,10 @@ class Index:
             self.store.count()
         ):
             self.vectors.index(self.default_method)  # built now, so the first query is quick
+        if self.embedding.loaded:  # and the model's export, so is the first text query
+            from imgsearch.models import prepare_queries
+
+            prepare_queries(self.embedding.model)
         summary.seconds = time.perf_counter() - start
         return summary
 
@@ -367,7 +377,7 @@ class Index:
         """Rank by the cosine between the text and each image's caption vector."""
         if not text.strip():
             raise ImgsearchError("the query text is empty")
-        text_vector = self.model.encode_texts([text])[0]
+        text_vector = self.embedding.encode_text(text)
         vector = scoring.get("caption").text(self.scoring, text_vector)
         query_captions = None
         if explain:

@@ -25,6 +25,7 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -85,6 +86,9 @@ class Backend:
     so an image's colour captions are read from its pixels (``imgsearch.colours``) instead.
     (None when that is not on this machine); ``class_probs``: its images come with class
     probabilities (``ImageEmbeddings.class_probs``), which concept bags are made from.
+    ``files``: the files its weights, configuration and tokenizer are read from (None when
+    they are not on this machine): what its ONNX export for queries is keyed by
+    (``imgsearch.models.onnx_runtime``).
     """
 
     name: str
@@ -95,6 +99,7 @@ class Backend:
     preprocess: Callable[[str], Preprocess | None]
     pixel_colours: bool = False
     class_probs: bool = False
+    files: Callable[[str], list[Path] | None] = lambda _name: None
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
