@@ -216,6 +216,12 @@ class Index:
         return self.embedding.model
 
     @property
+    def query_model(self) -> Model:
+        """The model single queries run: the loaded model where this process has it, else
+        its ONNX export (no torch to import; see ``imgsearch.models.onnx_runtime``)."""
+        return self.embedding.query_model
+
+    @property
     def bank(self) -> CaptionBank:
         return self.embedding.bank
 
@@ -273,6 +279,10 @@ class Index:
             self.store.count()
         ):
             self.vectors.index(self.default_method)  # built now, so the first query is quick
+        if self.embedding.loaded:  # and the model's export, so is the first text query
+            from imgsearch.models import prepare_queries
+
+            prepare_queries(self.embedding.model)
         summary.seconds = time.perf_counter() - start
         return summary
 
@@ -384,8 +394,7 @@ class Index:
             self._check_text_method(method)
         text_vectors = {}
         if texts:
-            encoded = self.model.encode_texts([t.text for t in texts])
-            text_vectors = dict(zip(texts, encoded))
+            text_vectors = {t: self.embedding.encode_text(t.text) for t in dict.fromkeys(texts)}
         exclude: set[int] = set()
         query_captions: list[int] = []
         total = sum(w for w, _ in plus)
@@ -814,7 +823,7 @@ def _new_index(
     from imgsearch.models import load_model, pick_device
 
     loaded = load_model(model, pick_device(device), say)
-    bank_name, bank = indexer.new_bank(loaded, captions)
+    bank_name, bank = indexer.new_bank(loaded, captions, progress=say is not None)
     kind = family(loaded.name)
     taus = {f"tau.{m}": str(scoring.get(m).tau[kind]) for m in scoring.names()}
     # Concept bags rank better than today's caption score where the model makes them

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -290,6 +291,7 @@ def index(
     as_json: bool,
 ) -> None:
     """Index every image in FOLDER (recursively); a re-run only does what changed."""
+    started = time.perf_counter()  # the summary's time is the whole run: model, bank and all
     files = read_list(files_from) if files_from else None
     budget = parse_size(index_memory) if index_memory is not None else None
     limits = {
@@ -331,6 +333,7 @@ def index(
                 "this index keeps the caption bank it was made with; this release's packaged "
                 "bank has changed (colour captions): make a new index with --db NEW to use it"
             )
+    summary.seconds = time.perf_counter() - started
     if note and not quiet:
         say(note)
     if as_json:

@@ -668,6 +668,7 @@ class Embedding:
         self.store = store
         self.device = device
         self._model = model
+        self._query_model: Model | None = None
         self._bank = bank
 
     @property
@@ -683,6 +684,26 @@ class Embedding:
         return self._model
 
     @property
+    def query_model(self) -> Model:
+        """The model a single query runs: the model itself where this process has it, else
+        the quickest to start (its ONNX export, with no torch: ``models.load_query_model``)."""
+        if self._model is not None:
+            return self._model
+        if self._query_model is None:
+            from imgsearch.models import load_query_model
+
+            self._query_model = load_query_model(self.model_name, self.device)
+        return self._query_model
+
+    def encode_text(self, text: str) -> np.ndarray:
+        """One query text's unit vector, on one thread."""
+        from imgsearch.models import one_thread
+
+        model = self.query_model
+        with one_thread():
+            return model.encode_texts([text])[0]
+
+    @property
     def bank(self) -> CaptionBank:
         if self._bank is None:
             texts, vectors = self.store.load_bank()
@@ -690,9 +711,14 @@ class Embedding:
         return self._bank
 
     def describe(self, image: Image.Image, path: Path | None = None) -> Description:
-        """A decoded image as the scoring methods see it (the model runs)."""
-        pixels = self.model.preprocess(image)[None]
-        vectors, found = describe_pixels(pixels, self.model, self.bank, self.settings)
+        """A decoded image as the scoring methods see it (the query model runs, on one
+        thread)."""
+        from imgsearch.models import one_thread
+
+        model = self.query_model
+        pixels = model.preprocess(image)[None]
+        with one_thread():
+            vectors, found = describe_pixels(pixels, model, self.bank, self.settings)
         return Description(
             found.ids[0].tolist(),
             found.scores[0].tolist(),
@@ -732,12 +758,16 @@ class Embedding:
         return self.describe(image, path)
 
 
-def new_bank(model: Model, captions: str | os.PathLike | None) -> tuple[str, CaptionBank]:
-    """A caption bank's name and its texts embedded by ``model`` (cached per model and bank)."""
+def new_bank(
+    model: Model, captions: str | os.PathLike | None, progress: bool = False
+) -> tuple[str, CaptionBank]:
+    """A caption bank's name and its texts embedded by ``model``: the packaged vectors of
+    the default bank where the package has them for the model, else read from the cache or
+    embedded (with a progress bar on a terminal, ``progress``) and cached per model and bank."""
     from imgsearch.models.base import cached_text_vectors
 
     name, texts = read_bank(captions)
-    return name, CaptionBank(texts, cached_text_vectors(model, texts))
+    return name, CaptionBank(texts, cached_text_vectors(model, texts, progress=progress))
 
 
 def _progress_bar(total: int, enabled: bool):  # noqa: ANN202 - tqdm or None

@@ -77,7 +77,7 @@ class Viewer:
         """Load the model once, under a lock of its own: browsing goes on while it loads, and
         a search that needs it waits here, not inside the index lock."""
         with self.model_lock:
-            self.index.model  # noqa: B018 - loads it
+            self.index.query_model  # noqa: B018 - loads it
 
     def warm_up(self) -> None:
         """Load the model before the first upload or text query needs it."""

@@ -7,8 +7,11 @@ package loads no torch; making a model or choosing a device does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgsearch.errors import ImgsearchError
@@ -33,9 +36,12 @@ __all__ = [
     "fallback_note",
     "family",
     "load_model",
+    "load_query_model",
     "model_id",
     "normalize",
+    "one_thread",
     "pick_device",
+    "prepare_queries",
     "preprocess_for",
 ]
 
@@ -99,6 +105,52 @@ def load_model(name: str | None, device: torch.device, say=None) -> Model:  # no
         if say is not None:
             say(fallback_note(str(exc)))
         return _load(OFFLINE, device)
+
+
+def load_query_model(name: str, device: str | None = None) -> Model:
+    """The model one query of an index made with ``name`` runs: on the CPU (``device``
+    auto or cpu), its ONNX export run by ONNX Runtime on one thread, which starts without
+    importing torch or transformers (``onnx_runtime``); on a device asked for, or where the
+    model cannot be exported, the torch model."""
+    if device not in (None, "auto", "cpu"):
+        return load_model(name, pick_device(device))
+    from imgsearch.models import onnx_runtime
+
+    name = model_id(name)
+    files = _files(name)
+    return onnx_runtime.query_model(name, files, lambda: load_model(name, pick_device("cpu")))
+
+
+def prepare_queries(model: Model) -> Model | None:
+    """Export a loaded model for queries (once per model and weights), so that the first
+    query after an indexing run starts at once too; a no-op when that is done already.
+    Returns the export, or None where the model has none."""
+    from imgsearch.models import onnx_runtime
+
+    return onnx_runtime.prepare(model, _files(model.name))
+
+
+def _files(name: str) -> list[Path] | None:
+    try:
+        return backend(name).files(name)
+    except (OSError, ImportError):
+        return None
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the duration (a single query), where torch is loaded: one
+    text took 597 ms on two threads fighting a busy machine, 20 ms on one."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def fallback_note(reason: str) -> str:

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -84,6 +86,9 @@ class Backend:
     so an image's colour captions are read from its pixels (``imgsearch.colours``) instead.
     (None when that is not on this machine); ``class_probs``: its images come with class
     probabilities (``ImageEmbeddings.class_probs``), which concept bags are made from.
+    ``files``: the files its weights, configuration and tokenizer are read from (None when
+    they are not on this machine): what its ONNX export for queries is keyed by
+    (``imgsearch.models.onnx_runtime``).
     """
 
     name: str
@@ -94,6 +99,7 @@ class Backend:
     preprocess: Callable[[str], Preprocess | None]
     pixel_colours: bool = False
     class_probs: bool = False
+    files: Callable[[str], list[Path] | None] = lambda _name: None
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -103,12 +109,21 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-def cached_text_vectors(model: Model, texts: list[str], batch_size: int = 256) -> np.ndarray:
+def cached_text_vectors(
+    model: Model, texts: list[str], batch_size: int = 256, progress: bool = False
+) -> np.ndarray:
     """Embed texts once per (model, texts) and keep the vectors on disk, keyed by a hash.
 
-    Embedding a bank of thousands of captions takes many seconds on a CPU;
-    every later run with the same model and bank reads them back instead.
+    Embedding a bank of thousands of captions takes many seconds on a CPU; the vectors
+    the package ships (``packaged``: the offline model's default bank and class prompts)
+    are read instead, and every later run with the same model and bank reads them back
+    from the cache. ``progress``: a progress bar on a terminal while texts are embedded.
     """
+    from imgsearch.models.packaged import packaged_text_vectors
+
+    packaged = packaged_text_vectors(model.name, texts)
+    if packaged is not None and packaged.shape[1] == model.text_dim:
+        return packaged
     digest = hashlib.sha256("\n".join([model.name, *texts]).encode()).hexdigest()[:32]
     path = cache_dir() / f"text-{digest}.npy"
     if path.exists():
@@ -118,16 +133,15 @@ def cached_text_vectors(model: Model, texts: list[str], batch_size: int = 256) -
                 return vectors
         except (OSError, ValueError):
             pass
-    vectors = (
-        np.concatenate(
-            [
-                model.encode_texts(texts[i : i + batch_size])
-                for i in range(0, len(texts), batch_size)
-            ]
-        )
-        if texts
-        else np.zeros((0, model.text_dim), np.float32)
-    )
+    bar = _text_bar(len(texts)) if progress and len(texts) > batch_size else None
+    parts = []
+    for i in range(0, len(texts), batch_size):
+        parts.append(model.encode_texts(texts[i : i + batch_size]))
+        if bar is not None:
+            bar.update(len(parts[-1]))
+    if bar is not None:
+        bar.close()
+    vectors = np.concatenate(parts) if texts else np.zeros((0, model.text_dim), np.float32)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
@@ -136,3 +150,13 @@ def cached_text_vectors(model: Model, texts: list[str], batch_size: int = 256) -
     except OSError:
         pass  # a read-only cache only costs time
     return vectors
+
+
+def _text_bar(total: int):  # noqa: ANN202 - tqdm or None
+    """A bar on stderr while a caption bank is embedded (the first run of a model with a
+    bank the package has no vectors for), so that a long wait does not look like a hang."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="caption", desc="embedding captions", file=sys.stderr)

@@ -40,6 +40,17 @@ def identify(name: str) -> str:
     return str(path.resolve()) if path.is_dir() else name
 
 
+def checkpoint_files(name: str) -> list[Path] | None:
+    """The files of a checkpoint folder, or of a hub id's snapshot in the local cache; None
+    when it is not on this machine."""
+    from imgsearch.models.hub import config_file
+
+    config = config_file(name)
+    if config is None or not config.is_file():
+        return None
+    return sorted(p for p in config.parent.iterdir() if p.is_file())
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 

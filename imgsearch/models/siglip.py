@@ -18,6 +18,7 @@ from imgsearch.models.base import Backend, Model
 from imgsearch.models.checkpoint import (
     SIGLIP_TYPES,
     FeaturesModel,
+    checkpoint_files,
     config_preprocess,
     identify,
     load_checkpoint,
@@ -50,4 +51,5 @@ BACKEND = Backend(
     identify=identify,
     load=load,
     preprocess=config_preprocess,
+    files=checkpoint_files,
 )
