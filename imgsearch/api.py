@@ -8,6 +8,7 @@ methods (``scoring``). Each method here opens what it needs and calls one of the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -271,6 +272,12 @@ class Index:
             self.vectors.index(self.default_method)  # built now, so the first query is quick
         summary.seconds = time.perf_counter() - start
         return summary
+
+    def writer(self, busy: str | None = None) -> contextlib.AbstractContextManager[None]:
+        """Hold the index's writer lock across several ``add`` runs (they take it again
+        for free), as a watcher does. ``busy`` is what a second writer is told meanwhile
+        (``{name}``: the index, ``{holder}``: the PID and command of this process)."""
+        return self.store.writer(busy)
 
     def _calibrate(self) -> None:
         """Record each vector method's tau as this collection's scores set it (see
