@@ -252,9 +252,10 @@ class Index:
 
         ``files`` limits the run to those files (absolute, or relative to the root): listed
         files are added, updated or dropped as usual, indexed files not listed stay as they
-        are. ``ray`` runs the embedding on a Ray cluster (an address, or 'auto': the cluster
-        this machine belongs to, else a local one) with ``ray_workers`` model workers
-        (default: one per GPU, else one); the stored results are the same.
+        are; a listed folder stands for everything below it. ``ray`` runs the embedding
+        on a Ray cluster (an address, or 'auto': the cluster this machine belongs to, else
+        a local one) with ``ray_workers`` model workers (default: one per GPU, else one);
+        the stored results are the same.
         """
         runner = _runner(self.root, self.embedding, batch_size, workers, ray, ray_workers)
         start = time.perf_counter()
