@@ -130,6 +130,8 @@ class Vectors:
         in the query's order) when given."""
         ranked = self.index(method).search(vector, k, allowed, exclude)
         paths = self.store.paths(i for i, _ in ranked)
+        # An image a writer (a watcher, say) removed since the search index was read.
+        ranked = [(i, score) for i, score in ranked if i in paths]
         hits = [Hit(str(root / paths[i]), score, id=int(i)) for i, score in ranked]
         if explain_with is not None and ranked:
             order = {c: n for n, c in enumerate(dict.fromkeys(explain_with))}
