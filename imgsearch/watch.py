@@ -45,7 +45,10 @@ from imgsearch.errors import ImgsearchError
 from imgsearch.files import is_image_name
 from imgsearch.results import IndexSummary, Skipped
 
-QUIET = 1.0  # seconds without events before a batch runs
+# Seconds without events before a batch runs: more than the half second watchdog's
+# inotify takes to pair a move's halves (or, unpaired, to report the file deleted), so a
+# move is one batch and the file keeps its vectors.
+QUIET = 1.0
 LONGEST = 3.0  # seconds from a batch's first event to its run, however busy the folder
 INTERVAL = 1.0  # seconds between two looks at the folder when polling
 _TICK = 0.2  # how often the loop looks at its stop flag
