@@ -8,6 +8,7 @@ methods (``scoring``). Each method here opens what it needs and calls one of the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -261,9 +262,10 @@ class Index:
 
         ``files`` limits the run to those files (absolute, or relative to the root): listed
         files are added, updated or dropped as usual, indexed files not listed stay as they
-        are. ``ray`` runs the embedding on a Ray cluster (an address, or 'auto': the cluster
-        this machine belongs to, else a local one) with ``ray_workers`` model workers
-        (default: one per GPU, else one); the stored results are the same.
+        are; a listed folder stands for everything below it. ``ray`` runs the embedding
+        on a Ray cluster (an address, or 'auto': the cluster this machine belongs to, else
+        a local one) with ``ray_workers`` model workers (default: one per GPU, else one);
+        the stored results are the same.
         """
         runner = _runner(self.root, self.embedding, batch_size, workers, ray, ray_workers)
         start = time.perf_counter()
@@ -273,7 +275,7 @@ class Index:
         with self.store.writer():
             summary = indexer.update(self.root, self.store, runner, only, on_skip, progress)
             self.derived.clear()
-            if summary.added or summary.updated or summary.moved or summary.removed:
+            if self._calibration_due(summary.added + summary.updated + summary.removed):
                 self._calibrate()
         if (summary.added or summary.updated or summary.moved or summary.removed) and (
             self.store.count()
@@ -286,6 +288,26 @@ class Index:
         summary.seconds = time.perf_counter() - start
         return summary
 
+    def writer(self, busy: str | None = None) -> contextlib.AbstractContextManager[None]:
+        """Hold the index's writer lock across several ``add`` runs (they take it again
+        for free), as a watcher does. ``busy`` is what a second writer is told meanwhile
+        (``{name}``: the index, ``{holder}``: the PID and command of this process)."""
+        return self.store.writer(busy)
+
+    def _calibration_due(self, changed: int) -> bool:
+        """Whether the taus are to be computed again after ``changed`` images were added,
+        changed or removed: on an index never calibrated, else once the changes since
+        the last calibration come to ``config.RECALIBRATE_SHARE`` of the collection then."""
+        if not changed:
+            return False
+        since = int(self.meta.get("calibration.changes", "0")) + changed
+        at = int(self.meta.get("calibration.images", "0"))
+        if at and since < config.RECALIBRATE_SHARE * at:
+            self.store.set_meta({"calibration.changes": str(since)})
+            self.meta["calibration.changes"] = str(since)
+            return False
+        return True
+
     def _calibrate(self) -> None:
         """Record each vector method's tau as this collection's scores set it (see
         ``Method.calibrate``), so any model gets a sensible threshold with no labels."""
@@ -296,7 +318,9 @@ class Index:
             tau = self.vectors.calibrated_tau(method)
             if tau is not None:
                 taus[f"tau.{method}"] = str(tau)
-        if taus:
+        if taus:  # none below config.CALIBRATE_MIN images: tried again at the next change
+            taus["calibration.images"] = str(self.store.count())
+            taus["calibration.changes"] = "0"
             self.store.set_meta(taus)
             self.meta.update(taus)
 

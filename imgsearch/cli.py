@@ -8,7 +8,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,9 +21,12 @@ from imgsearch.errors import ImgsearchError
 from imgsearch.files import Limits
 from imgsearch.indexer import skip_counts
 from imgsearch.projections import PROJECTIONS
-from imgsearch.results import Graph, Text
+from imgsearch.results import Graph, IndexSummary, Skipped, Text
 from imgsearch.scoring import check_score
 from imgsearch.storage import is_disk_full
+
+if TYPE_CHECKING:
+    from imgsearch.watch import Batch, Watcher  # imported when `watch` runs: no watchdog else
 
 # --db: a SQLite file path, or a database URL (anything with '://') kept as text.
 Db = Path | str | None
@@ -339,12 +344,7 @@ def index(
     if as_json:
         emit(summary.to_dict())
         return
-    kinds = f" ({skip_counts(summary.skipped)})" if summary.skipped else ""
-    click.echo(
-        f"added {summary.added}, updated {summary.updated}, moved {summary.moved}, "
-        f"removed {summary.removed}, unchanged {summary.unchanged}, "
-        f"skipped {len(summary.skipped)}{kinds} in {summary.seconds:.1f} s"
-    )
+    click.echo(summary_line(summary))
 
 
 def filter_options(command):  # noqa: ANN001, ANN201 - a click command
@@ -1071,6 +1071,106 @@ def sets(
         click.echo(f"{hit.score:.4f}  {hit.item}")
 
 
+polling_option = click.option(
+    "--polling",
+    is_flag=True,
+    help="Look at the folder every --interval seconds instead of being told of changes "
+    "(inotify): for network and FUSE mounts, or where the inotify limits are reached.",
+)
+interval_option = click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    help="Seconds between two looks at the folder with --polling (default: 1).",
+)
+
+
+def skip_note(skip: Skipped) -> None:
+    say(f"skipped {skip.path}: {skip.reason}")
+
+
+def summary_line(summary: IndexSummary) -> str:
+    """What an indexing run did, in one line: `index` prints it, `watch` one per batch."""
+    kinds = f" ({skip_counts(summary.skipped)})" if summary.skipped else ""
+    return (
+        f"added {summary.added}, updated {summary.updated}, moved {summary.moved}, "
+        f"removed {summary.removed}, unchanged {summary.unchanged}, "
+        f"skipped {len(summary.skipped)}{kinds} in {summary.seconds:.1f} s"
+    )
+
+
+def batch_printer(as_json: bool, notes: bool = False) -> Callable[[Batch], None]:
+    """Prints a watcher's batches, one line each (a JSON object with --json), on stdout,
+    or as notes on stderr (``notes``: `serve --watch`, whose stdout is the address)."""
+
+    def show(batch: Batch) -> None:
+        if as_json:
+            line = json.dumps(batch.to_dict(), ensure_ascii=False)
+        else:
+            paths = f"{batch.paths} path{'s' if batch.paths != 1 else ''}"
+            what = "catch-up" if batch.catch_up else f"batch {batch.number} ({paths})"
+            line = f"{what}: {summary_line(batch.summary)}"
+        if notes:
+            say(line)
+        else:
+            click.echo(line)
+
+    return show
+
+
+def stopped_line(watcher: Watcher) -> str:
+    totals = watcher.totals
+    cut = "; the batch under way was stopped (what it finished is kept)"
+    return (
+        f"stopped watching {watcher.root} after {totals.batches} "
+        f"batch{'es' if totals.batches != 1 else ''}: added {totals.added}, updated "
+        f"{totals.updated}, moved {totals.moved}, removed {totals.removed}"
+        f"{cut if totals.interrupted else ''}"
+    )
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@db_option
+@click.option("--model", help="Model for a new index (as for index; an existing one keeps its).")
+@device_option
+@polling_option
+@interval_option
+@click.option("-q", "--quiet", is_flag=True, help="No per-file notes.")
+@json_option
+def watch(
+    folder: Path,
+    db: Db,
+    model: str | None,
+    device: str,
+    polling: bool,
+    interval: float | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Keep the index of FOLDER current as files are added, changed, moved or deleted.
+
+    Catches up first, then indexes each batch of changes (gathered until the folder is
+    quiet for a second) and prints one line for it. Holds the writer lock while it runs;
+    Ctrl-C or SIGTERM stops it."""
+    from imgsearch import watch as watching
+
+    if interval is not None and not polling:
+        raise ImgsearchError("--interval sets how often --polling looks; add --polling")
+    with Index.create(folder, db, model, device=device, say=None if quiet else say) as ix:
+        watcher = watching.Watcher(
+            ix,
+            polling,
+            interval or watching.INTERVAL,
+            on_batch=batch_printer(as_json),
+            on_skip=None if quiet else skip_note,
+            say=say,
+            on_start=lambda: say(f"watching {ix.root} ({watcher.totals.observer}); Ctrl-C stops"),
+        )
+        with watching.stop_on_signals(watcher):
+            watcher.run()
+    say(stopped_line(watcher))
+
+
 @main.command()
 @db_option
 @click.option(
@@ -1086,9 +1186,13 @@ def sets(
     show_default=True,
     help="Port to listen on (0: any free one).",
 )
-def serve(db: Db, host: str, port: int) -> None:
+@click.option("--watch", "watching", is_flag=True, help="Also keep the index current (watch).")
+@polling_option
+@interval_option
+def serve(db: Db, host: str, port: int, watching: bool, polling: bool, interval: float) -> None:
     """Search and browse the index in a web browser: by image or text, with clusters and
-    duplicates. Prints the address to open; Ctrl-C stops it."""
+    duplicates. Prints the address to open; Ctrl-C stops it. With --watch it also keeps
+    the index current as files change, as `imgsearch watch` does."""
     from imgsearch import web
 
     def ready(url: str, ix: Index) -> None:
@@ -1097,7 +1201,21 @@ def serve(db: Db, host: str, port: int) -> None:
         say(f"{ix.store.count()} images in {ix.root}; open {url} in a browser (Ctrl-C stops)")
         click.echo(url)
 
-    web.serve(db, host, port, on_ready=ready)
+    if not watching:
+        if polling or interval is not None:
+            raise ImgsearchError("--polling and --interval go with --watch")
+        web.serve(db, host, port, on_ready=ready)
+        return
+    from imgsearch import watch
+
+    shown = batch_printer(as_json=False, notes=True)
+    with (
+        watch.sigterm_as_interrupt(),
+        watch.in_background(db, polling, interval or watch.INTERVAL, shown, skip_note, say) as w,
+    ):
+        say(f"watching {w.root} ({w.totals.observer})")
+        web.serve(db, host, port, on_ready=ready)
+    say(stopped_line(w))
 
 
 @main.command("map")

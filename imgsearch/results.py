@@ -56,10 +56,19 @@ class Text:
     text: str
 
 
+# Why a listed path (``Index.add(files=...)``) is skipped when no image file is there and
+# none was indexed there: for a watcher, a file that came and went between two batches.
+LISTED_MISSING = "listed, but no image file is there"
+
+
 @dataclass
 class Skipped:
     path: str
     reason: str
+
+    @property
+    def listed_missing(self) -> bool:
+        return self.reason == LISTED_MISSING
 
 
 @dataclass

@@ -32,7 +32,7 @@ LAYERS = [
     {"collection"},
     {"api"},
     {"report", "evaluate"},
-    {"web"},
+    {"web", "watch"},
     {"cli"},
 ]
 LAYER = {unit: number for number, units in enumerate(LAYERS) for unit in units}
