@@ -274,6 +274,7 @@ class Index:
         only = None if files is None else _listed(self.root, files)
         with self.store.writer():
             summary = indexer.update(self.root, self.store, runner, only, on_skip, progress)
+            self._record_precision()
             self.derived.clear()
             if self._calibration_due(summary.added + summary.updated + summary.removed):
                 self._calibrate()
@@ -307,6 +308,17 @@ class Index:
             self.meta["calibration.changes"] = str(since)
             return False
         return True
+
+    def _record_precision(self) -> None:
+        """Keep in the index the number format the model's images last ran in (none
+        recorded: float32, as every index made before; bfloat16 or int8 where the CPU runs
+        faster so; float16 on CUDA): a run on another machine may differ."""
+        if not self.embedding.loaded:
+            return
+        precision = self.model.precision
+        if self.meta.get("precision", "float32") != precision:
+            self.store.set_meta({"precision": precision})
+            self.meta["precision"] = precision
 
     def _calibrate(self) -> None:
         """Record each vector method's tau as this collection's scores set it (see
@@ -867,6 +879,7 @@ def _new_index(
             "root": _stored_root(store, root),
             "created": str(time.time()),
             "db_id": secrets.token_hex(16),  # what files derived from it are stamped with
+            **({"precision": loaded.precision} if loaded.precision != "float32" else {}),
             **taus,
             "tau.graph": str(config.GRAPH_TAU[kind]),
         },

@@ -82,6 +82,10 @@ class IndexSummary:
     unchanged: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    # Seconds each stage of the embedding spent (read, decode, model, captions, write,
+    # waiting: the model waiting for decoded photos or for the caption search), summed
+    # over its threads or processes; empty where nothing was embedded. Not in ``to_dict``.
+    stages: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {

@@ -514,43 +514,46 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(images_table)).scalar_one()
 
-    def put_images(self, records: list[ImageRecord]) -> None:
-        """Insert or replace images (by path) with their captions, in one transaction."""
-        if not records:
+    def put_images(
+        self, records: list[ImageRecord], skipped: Sequence[tuple[str, int, int, str]] = ()
+    ) -> None:
+        """Insert or replace images (by path) with their captions, and remember the files
+        that failed (path, size, mtime_ns, reason), all in one transaction.
+
+        Every table takes its rows in one executemany; the new images' ids are then read
+        back by path in one query (ids were once taken one INSERT at a time, which cost as
+        much as the rest of the batch)."""
+        if not records and not skipped:
             return
         now = time.time()
+        t = images_table
         with self.engine.begin() as conn:
-            _bump_generation(conn)
-            paths = [r.path for r in records]
-            conn.execute(images_table.delete().where(images_table.c.path.in_(paths)))
-            conn.execute(skipped_table.delete().where(skipped_table.c.path.in_(paths)))
-            for r in records:
-                r.id = conn.execute(
-                    images_table.insert().values(
-                        path=r.path,
-                        size=r.size,
-                        mtime_ns=r.mtime_ns,
-                        hash=r.hash,
-                        width=r.width,
-                        height=r.height,
-                        image_vector=_blob(r.image_vector),
-                        caption_vector=_blob(r.caption_vector),
-                        concept_vector=_maybe_blob(r.concept_vector),
-                        class_confidence=r.class_confidence,
-                        indexed_at=now,
-                    )
-                ).inserted_primary_key[0]
-            conn.execute(
-                image_captions_table.insert(),
-                [
+            if records:
+                _bump_generation(conn)
+                paths = [r.path for r in records]
+                conn.execute(t.delete().where(t.c.path.in_(paths)))
+                conn.execute(skipped_table.delete().where(skipped_table.c.path.in_(paths)))
+                conn.execute(t.insert(), [_image_row(r, now) for r in records])
+                found = sa.select(t.c.path, t.c.id).where(t.c.path.in_(paths))
+                ids = dict(conn.execute(found).all())
+                for r in records:
+                    r.id = ids[r.path]
+                captions = [
                     {"image_id": r.id, "rank": rank, "caption_id": int(c), "score": float(s)}
                     for r in records
                     for rank, (c, s) in enumerate(zip(r.caption_ids, r.caption_scores))
-                ],
-            )
-            facts = [(r.id, r.facts) for r in records if r.facts is not None]
-            if facts:
-                conn.execute(facts_table.insert(), [_facts_row(i, f) for i, f in facts])
+                ]
+                if captions:
+                    conn.execute(image_captions_table.insert(), captions)
+                facts = [_facts_row(r.id, r.facts) for r in records if r.facts is not None]
+                if facts:
+                    conn.execute(facts_table.insert(), facts)
+            if skipped:
+                rows = [
+                    {"path": p, "size": size, "mtime_ns": mtime, "reason": reason}
+                    for p, size, mtime, reason in skipped
+                ]
+                _upsert_many(conn, skipped_table, rows, "path")
 
     def without_facts(self) -> dict[int, str]:
         """Images stored before their files' facts were read (an index made before schema
@@ -602,9 +605,7 @@ class Store:
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     def mark_skipped(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
-        row = {"path": path, "size": size, "mtime_ns": mtime_ns, "reason": reason}
-        with self.engine.begin() as conn:
-            _upsert(conn, skipped_table, row, "path")
+        self.put_images([], [(path, size, mtime_ns, reason)])
 
     def forget_skipped_reason(self, prefix: str) -> None:
         """Drop the failure records whose reason starts with ``prefix`` (e.g. a limit's, when
@@ -980,6 +981,30 @@ def _upsert(conn: sa.Connection, table: sa.Table, row: dict, key: str) -> None:
     insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
     update = {c: v for c, v in row.items() if c != key}
     conn.execute(insert.values(**row).on_conflict_do_update(index_elements=[key], set_=update))
+
+
+def _upsert_many(conn: sa.Connection, table: sa.Table, rows: list[dict], key: str) -> None:
+    """``_upsert`` for many rows in one executemany: each row's other columns overwrite
+    those of the row with its ``key``."""
+    insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+    update = {c: insert.excluded[c] for c in rows[0] if c != key}
+    conn.execute(insert.on_conflict_do_update(index_elements=[key], set_=update), rows)
+
+
+def _image_row(r: ImageRecord, now: float) -> dict:
+    return {
+        "path": r.path,
+        "size": r.size,
+        "mtime_ns": r.mtime_ns,
+        "hash": r.hash,
+        "width": r.width,
+        "height": r.height,
+        "image_vector": _blob(r.image_vector),
+        "caption_vector": _blob(r.caption_vector),
+        "concept_vector": _maybe_blob(r.concept_vector),
+        "class_confidence": r.class_confidence,
+        "indexed_at": now,
+    }
 
 
 def _upsert_meta(conn: sa.Connection, values: dict[str, str]) -> None:

@@ -26,6 +26,8 @@ LAYERS = [
         "baselines",
         "thumbnails",
         "copies",
+        "gpudecode",
+        "pipeline",
     },
     {"indexer", "derived", "scoring", "selection"},
     {"distributed", "vectors", "duplicates"},
