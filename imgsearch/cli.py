@@ -1201,9 +1201,11 @@ def serve(db: Db, host: str, port: int, watching: bool, polling: bool, interval:
         say(f"{ix.store.count()} images in {ix.root}; open {url} in a browser (Ctrl-C stops)")
         click.echo(url)
 
+    if interval is not None and not polling:
+        raise ImgsearchError("--interval sets how often --polling looks; add --polling")
     if not watching:
-        if polling or interval is not None:
-            raise ImgsearchError("--polling and --interval go with --watch")
+        if polling:
+            raise ImgsearchError("--polling goes with --watch")
         web.serve(db, host, port, on_ready=ready)
         return
     from imgsearch import watch

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from watchdog import events as _events
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -71,8 +72,10 @@ EVENTS = [
     DirMovedEvent,
     DirDeletedEvent,
 ]
+if hasattr(_events, "FileAttribEvent"):  # watchdog 5 on: `touch` alone (an mtime change)
+    EVENTS.append(_events.FileAttribEvent)
 _FOLDER_EVENTS = {"created", "moved", "deleted"}
-_FILE_EVENTS = {"created", "modified", "closed", "moved", "deleted"}
+_FILE_EVENTS = {"created", "modified", "attrib", "closed", "moved", "deleted"}
 
 # How each observer is named in the first line, by its class name.
 _KINDS = {
