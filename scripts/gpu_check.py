@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 NEEDED = "numpy PIL torch torchvision transformers faiss sqlalchemy platformdirs filelock scipy"
-NEEDED += " imagehash skimage cv2 tqdm"
+NEEDED += " skimage tqdm"
 failures: list[str] = []
 DRY = {"run": False}  # --dry-run-on-cpu: Pillow stands in for nvJPEG (to test this script)
 
