@@ -315,7 +315,7 @@ class Index:
         faster so; float16 on CUDA): a run on another machine may differ."""
         if not self.embedding.loaded:
             return
-        precision = self.model.precision
+        precision = self.embedding.model.precision  # loaded already: no model is loaded here
         if self.meta.get("precision", "float32") != precision:
             self.store.set_meta({"precision": precision})
             self.meta["precision"] = precision
