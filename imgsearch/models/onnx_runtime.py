@@ -270,8 +270,10 @@ def prepare(model: Model, files: list[Path] | None) -> OnnxModel | None:
     if folder is None:
         return None
     if (folder / MANIFEST).is_file():
-        with contextlib.suppress(Exception):
+        try:
             return OnnxModel(folder)
+        except Exception:  # noqa: BLE001 - damaged: made again below
+            shutil.rmtree(folder, ignore_errors=True)
     if failure_file(folder).exists():
         return None
     if str(getattr(model, "device", "cpu")) != "cpu":
