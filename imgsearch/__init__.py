@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from imgsearch.api import Index, default_db, find_db
     from imgsearch.errors import ImgsearchError
-    from imgsearch.results import Caption, Hit, IndexSummary, Skipped, Status
+    from imgsearch.results import Caption, Hit, IndexSummary, Skipped, Status, Text
 
 _HOMES = {
     "Caption": "imgsearch.results",
@@ -22,6 +22,7 @@ _HOMES = {
     "IndexSummary": "imgsearch.results",
     "Skipped": "imgsearch.results",
     "Status": "imgsearch.results",
+    "Text": "imgsearch.results",
     "default_db": "imgsearch.api",
     "find_db": "imgsearch.api",
 }
@@ -33,6 +34,7 @@ __all__ = [
     "IndexSummary",
     "Skipped",
     "Status",
+    "Text",
     "default_db",
     "find_db",
 ]

@@ -8,6 +8,7 @@ methods (``scoring``). Each method here opens what it needs and calls one of the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -49,8 +50,10 @@ from imgsearch.results import (
     Moved,
     SetHit,
     Status,
+    Text,
 )
 from imgsearch.search import VectorIndex, parse_size
+from imgsearch.selection import Selection, dates_of
 from imgsearch.storage import Store, is_url
 from imgsearch.vectors import Vectors
 
@@ -61,6 +64,8 @@ DB_DIR = ".imgsearch"
 DB_NAME = "index.db"
 
 ImageInput = str | os.PathLike | Image.Image
+# A term of a combined query: an image, a text, or either with a weight.
+Term = ImageInput | Text | tuple[float, ImageInput | Text]
 
 __all__ = [
     "Index",
@@ -257,9 +262,10 @@ class Index:
 
         ``files`` limits the run to those files (absolute, or relative to the root): listed
         files are added, updated or dropped as usual, indexed files not listed stay as they
-        are. ``ray`` runs the embedding on a Ray cluster (an address, or 'auto': the cluster
-        this machine belongs to, else a local one) with ``ray_workers`` model workers
-        (default: one per GPU, else one); the stored results are the same.
+        are; a listed folder stands for everything below it. ``ray`` runs the embedding
+        on a Ray cluster (an address, or 'auto': the cluster this machine belongs to, else
+        a local one) with ``ray_workers`` model workers (default: one per GPU, else one);
+        the stored results are the same.
         """
         runner = _runner(self.root, self.embedding, batch_size, workers, ray, ray_workers)
         start = time.perf_counter()
@@ -268,8 +274,9 @@ class Index:
         only = None if files is None else _listed(self.root, files)
         with self.store.writer():
             summary = indexer.update(self.root, self.store, runner, only, on_skip, progress)
+            self._record_precision()
             self.derived.clear()
-            if summary.added or summary.updated or summary.moved or summary.removed:
+            if self._calibration_due(summary.added + summary.updated + summary.removed):
                 self._calibrate()
         if (summary.added or summary.updated or summary.moved or summary.removed) and (
             self.store.count()
@@ -282,6 +289,37 @@ class Index:
         summary.seconds = time.perf_counter() - start
         return summary
 
+    def writer(self, busy: str | None = None) -> contextlib.AbstractContextManager[None]:
+        """Hold the index's writer lock across several ``add`` runs (they take it again
+        for free), as a watcher does. ``busy`` is what a second writer is told meanwhile
+        (``{name}``: the index, ``{holder}``: the PID and command of this process)."""
+        return self.store.writer(busy)
+
+    def _calibration_due(self, changed: int) -> bool:
+        """Whether the taus are to be computed again after ``changed`` images were added,
+        changed or removed: on an index never calibrated, else once the changes since
+        the last calibration come to ``config.RECALIBRATE_SHARE`` of the collection then."""
+        if not changed:
+            return False
+        since = int(self.meta.get("calibration.changes", "0")) + changed
+        at = int(self.meta.get("calibration.images", "0"))
+        if at and since < config.RECALIBRATE_SHARE * at:
+            self.store.set_meta({"calibration.changes": str(since)})
+            self.meta["calibration.changes"] = str(since)
+            return False
+        return True
+
+    def _record_precision(self) -> None:
+        """Keep in the index the number format the model's images last ran in (none
+        recorded: float32, as every index made before; bfloat16 or int8 where the CPU runs
+        faster so; float16 on CUDA): a run on another machine may differ."""
+        if not self.embedding.loaded:
+            return
+        precision = self.model.precision
+        if self.meta.get("precision", "float32") != precision:
+            self.store.set_meta({"precision": precision})
+            self.meta["precision"] = precision
+
     def _calibrate(self) -> None:
         """Record each vector method's tau as this collection's scores set it (see
         ``Method.calibrate``), so any model gets a sensible threshold with no labels."""
@@ -292,7 +330,9 @@ class Index:
             tau = self.vectors.calibrated_tau(method)
             if tau is not None:
                 taus[f"tau.{method}"] = str(tau)
-        if taus:
+        if taus:  # none below config.CALIBRATE_MIN images: tried again at the next change
+            taus["calibration.images"] = str(self.store.count())
+            taus["calibration.changes"] = "0"
             self.store.set_meta(taus)
             self.meta.update(taus)
 
@@ -347,25 +387,80 @@ class Index:
 
     def query(
         self,
-        images: ImageInput | Sequence[ImageInput],
+        images: ImageInput | Sequence[ImageInput] | None = None,
         k: int = config.DEFAULT_K,
         under: str | os.PathLike | None = None,
         explain: bool = False,
         method: str | None = None,
+        *,
+        positive: Sequence[Term] = (),
+        negative: Sequence[Term] = (),
+        after: str | None = None,
+        before: str | None = None,
+        camera: str | None = None,
+        min_score: float | None = None,
+        sort: str = "score",
     ) -> list[Hit]:
-        """Rank the collection by similarity to one image (or the average of several), by
-        ``method`` (default: the index's own, ``default_method``)."""
-        method = self.default_method if method is None else method
-        scorer = scoring.get(method, ranking=True)
-        if isinstance(images, (str, os.PathLike, Image.Image)):
+        """Rank the collection by similarity to the query: ``images`` (averaged) and the
+        ``positive`` terms, minus the ``negative`` ones. A term is an image (a path or a PIL
+        image), a ``Text``, or a (weight, term) pair. By ``method`` (default: the index's
+        own; a query with text ranks in caption space, or by image vectors where the model's
+        images and texts share one space).
+
+        ``after``/``before`` (YYYY, YYYY-MM or YYYY-MM-DD; after inclusive, before
+        exclusive), ``camera`` (part of the make or model) and ``under`` select the photos;
+        ``min_score`` drops weaker hits; ``sort="date"`` orders the best ``k`` above the
+        cutoff (``min_score``, else the method's tau) newest first."""
+        if images is None:
+            images = []
+        elif isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
-        if not images:
-            raise ImgsearchError("no query image given")
-        described = [self.describe(image) for image in images]
-        vector = np.mean([scorer.vector(self.scoring, d) for d in described], axis=0)
-        exclude = {d.indexed_id for d in described if d.indexed_id is not None}
-        query_captions = [c for d in described for c in d.caption_ids]
-        return self._rank(vector, k, under, exclude, query_captions if explain else None, method)
+        plus = [_term(t) for t in [*images, *positive]]
+        minus = [_term(t) for t in negative]
+        if not plus:
+            raise ImgsearchError("no query given: give an image or a text to look for")
+        if sort not in ("score", "date"):
+            raise ImgsearchError(f"unknown sort {sort!r}: use score or date")
+        min_score = scoring.check_score(min_score, "min-score")
+        texts = [t for _, t in plus + minus if isinstance(t, Text)]
+        if method is None:
+            method = "caption" if texts else self.default_method
+        scorer = scoring.get(method, ranking=True)
+        if texts:
+            self._check_text_method(method)
+        text_vectors = {}
+        if texts:
+            text_vectors = {t: self.embedding.encode_text(t.text) for t in dict.fromkeys(texts)}
+        exclude: set[int] = set()
+        query_captions: list[int] = []
+        total = sum(w for w, _ in plus)
+        vector = None
+        for sign, terms in ((1.0, plus), (-1.0, minus)):
+            for weight, term in terms:
+                if isinstance(term, Text):
+                    text_vector = text_vectors[term]
+                    part = scorer.text(self.scoring, text_vector)
+                    if sign > 0 and explain:
+                        query_captions += self.bank.top(text_vector, self.top_n)[1][0].tolist()
+                else:
+                    described = self.describe(term)
+                    part = scorer.vector(self.scoring, described)
+                    if described.indexed_id is not None:
+                        exclude.add(described.indexed_id)
+                    if sign > 0:
+                        query_captions += described.caption_ids
+                part = sign * weight / total * np.asarray(part, dtype=np.float32)
+                vector = part if vector is None else vector + part
+        allowed = self._selected(under, after, before, camera)
+        hits = self._rank(vector, k, allowed, exclude, query_captions if explain else None, method)
+        cutoff = min_score
+        if sort == "date" and cutoff is None:
+            cutoff = self.tau(method)
+        if cutoff is not None:
+            hits = [h for h in hits if h.score >= cutoff]
+        if sort == "date":
+            hits.sort(key=lambda h: h.taken or "", reverse=True)
+        return hits
 
     def query_text(
         self,
@@ -373,17 +468,48 @@ class Index:
         k: int = config.DEFAULT_K,
         under: str | os.PathLike | None = None,
         explain: bool = False,
+        **options: object,
     ) -> list[Hit]:
-        """Rank by the cosine between the text and each image's caption vector."""
+        """Rank by the cosine between the text and each image's caption vector (the
+        ``query`` options, filters and sorting included, apply)."""
         if not text.strip():
             raise ImgsearchError("the query text is empty")
-        text_vector = self.embedding.encode_text(text)
-        vector = scoring.get("caption").text(self.scoring, text_vector)
-        query_captions = None
-        if explain:
-            _, ids = self.bank.top(text_vector, self.top_n)
-            query_captions = ids[0].tolist()
-        return self._rank(vector, k, under, set(), query_captions, "caption")
+        positive = [Text(text), *options.pop("positive", ())]  # type: ignore[misc]
+        return self.query(positive=positive, k=k, under=under, explain=explain, **options)
+
+    def _check_text_method(self, method: str) -> None:
+        """Text terms rank in caption space, or by image vectors where the model puts
+        images and texts in one space (CLIP, SigLIP): not the offline model's."""
+        if method == "caption":
+            return
+        if method == "image" and family(self.model_name) != "offline":
+            return
+        if method == "image":
+            raise ImgsearchError(
+                "the offline model's image vectors do not share a space with texts: a query "
+                "with text ranks by --method caption"
+            )
+        raise ImgsearchError(f"a query with text ranks by caption (or image), not {method}")
+
+    def _selected(
+        self,
+        under: str | os.PathLike | None,
+        after: str | None,
+        before: str | None,
+        camera: str | None,
+    ) -> list[int] | None:
+        """The ids the filters let through (None: all); one clear line when none do."""
+        relative = None
+        if under is not None:
+            relative = self._relative(Path(under), must_exist=False)
+            if relative is None:
+                raise ImgsearchError(f"{under} is not inside the indexed folder {self.root}")
+        chosen = Selection.of(after, before, camera, relative).ids(self.store)
+        if chosen is not None and not chosen:
+            if relative is not None and not self.store.ids_under(relative):
+                raise ImgsearchError(f"nothing is indexed under {under}")
+            raise ImgsearchError("no indexed photo fits the date, camera and folder filters")
+        return chosen
 
     def compare(
         self,
@@ -418,7 +544,18 @@ class Index:
 
     # --- relations between images -------------------------------------------
 
-    def _collection(self) -> Collection:
+    def _collection(self, filters: dict | None = None) -> Collection:
+        """The collection, or the part of it the ``filters`` (after, before, camera,
+        under) let through."""
+        scope = None
+        unknown = set(filters or ()) - {"after", "before", "camera", "under"}
+        if unknown:
+            raise TypeError(f"unknown filter {sorted(unknown)[0]!r}")
+        if filters:
+            scope = self._selected(
+                filters.get("under"), filters.get("after"), filters.get("before"),
+                filters.get("camera"),
+            )  # fmt: skip
         return Collection(
             self.root,
             self.store,
@@ -426,6 +563,7 @@ class Index:
             self.tau,
             self.graph_tau(),
             self.duplicate_threshold(),
+            scope,
         )
 
     def graph(
@@ -450,14 +588,17 @@ class Index:
         k: int | None = None,
         tau: float | None = None,
         method: str = config.DEFAULT_METHOD,
+        **filters: str | os.PathLike | None,
     ) -> list[Cluster]:
         """Groups of images, each named by the captions most common among its members.
 
         With ``k``: k-means on the method's vectors (default: config.CLUSTERS_K). With
         ``tau``: the connected components of the relationship graph at tau (see ``graph``;
         an image with no edge is a cluster of one). Every image is in exactly one cluster.
+        ``filters``: ``after``, ``before``, ``camera``, ``under``, as ``query`` takes them,
+        limit the clusters to the photos they let through.
         """
-        return self._collection().clusters(k, tau, method)
+        return self._collection(filters).clusters(k, tau, method)
 
     def duplicate_threshold(self) -> float:
         """The image-vector cosine at or above which two photos are candidates to verify."""
@@ -467,13 +608,14 @@ class Index:
         self,
         threshold: float | None = None,
         progress: Callable[[int, int], None] | None = None,
+        **filters: str | os.PathLike | None,
     ) -> list[Duplicates]:
         """Duplicate groups in tiers (``exact``, ``copy``, ``similar``), each with the photo
         to keep and why, and every other member's score and evidence. Candidates come from
         image vectors at ``threshold`` or above, orientation hashes and capture times; each is
         verified on the pixels. ``progress(done, total)`` follows the verification. Nothing
         on disk is touched."""
-        return self._collection().duplicates(threshold, self.limits, progress)
+        return self._collection(filters).duplicates(threshold, self.limits, progress)
 
     def duplicates_plan(
         self, groups: list[Duplicates], folder: str | os.PathLike, include_similar: bool = False
@@ -536,12 +678,17 @@ class Index:
         return cached_thumbnail(found, size) if found is not None else None
 
     def layout(
-        self, projection: str = "auto", k: int | None = None, method: str = config.DEFAULT_METHOD
+        self,
+        projection: str = "auto",
+        k: int | None = None,
+        method: str = config.DEFAULT_METHOD,
+        **filters: str | os.PathLike | None,
     ) -> Layout:
         """The collection in two dimensions (t-SNE; PCA for large collections or on request),
         each image with its k-means cluster (``k`` clusters, by default fewer for a small
-        collection: ``config.viewer_clusters``): what ``imgsearch map`` draws."""
-        return self._collection().layout(projection, k, method)
+        collection: ``config.viewer_clusters``): what ``imgsearch map`` draws. ``filters``
+        as for ``clusters``."""
+        return self._collection(filters).layout(projection, k, method)
 
     @property
     def limits(self) -> Limits:
@@ -586,22 +733,21 @@ class Index:
         self,
         vector: np.ndarray,
         k: int,
-        under: str | os.PathLike | None,
+        allowed: list[int] | None,
         exclude: set[int],
         query_captions: list[int] | None,
         method: str,
     ) -> list[Hit]:
         if k < 1:
             raise ImgsearchError("-k must be at least 1")
-        allowed = None
-        if under is not None:
-            relative = self._relative(Path(under), must_exist=False)
-            if relative is None:
-                raise ImgsearchError(f"{under} is not inside the indexed folder {self.root}")
-            allowed = self.store.ids_under(relative)
-            if not allowed:
-                raise ImgsearchError(f"nothing is indexed under {under}")
-        return self.vectors.rank(vector, method, k, allowed, exclude, self.root, query_captions)
+        hits = self.vectors.rank(vector, method, k, allowed, exclude, self.root, query_captions)
+        dates = dates_of(self.store, [h.id for h in hits if h.id is not None])
+        for hit in hits:
+            found = dates.get(hit.id) if hit.id is not None else None
+            if found is not None:
+                hit.taken, hit.taken_from = found.taken, found.taken_from
+                hit.camera, hit.gps = found.camera, found.gps
+        return hits
 
     # --- one image ------------------------------------------------------------
 
@@ -627,6 +773,16 @@ class Index:
                 f"{shown(str(path))}: the file name is not valid UTF-8; rename it to use it"
             )
         return relative_path(self.root, path, must_exist)
+
+
+def _term(term: Term) -> tuple[float, ImageInput | Text]:
+    """(weight, image or text); a weight must be a positive number."""
+    weight, value = term if isinstance(term, tuple) else (1.0, term)
+    if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+        raise ImgsearchError(f"a query term's weight must be a positive number, not {weight!r}")
+    if isinstance(value, Text) and not value.text.strip():
+        raise ImgsearchError("a query text is empty")
+    return float(weight), value
 
 
 def _check_model(index: Index, requested: str | None) -> None:
@@ -723,6 +879,7 @@ def _new_index(
             "root": _stored_root(store, root),
             "created": str(time.time()),
             "db_id": secrets.token_hex(16),  # what files derived from it are stamped with
+            **({"precision": loaded.precision} if loaded.precision != "float32" else {}),
             **taus,
             "tau.graph": str(config.GRAPH_TAU[kind]),
         },

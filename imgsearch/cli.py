@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,9 +21,12 @@ from imgsearch.errors import ImgsearchError
 from imgsearch.files import Limits
 from imgsearch.indexer import skip_counts
 from imgsearch.projections import PROJECTIONS
-from imgsearch.results import Graph
+from imgsearch.results import Graph, IndexSummary, Skipped, Text
 from imgsearch.scoring import check_score
 from imgsearch.storage import is_disk_full
+
+if TYPE_CHECKING:
+    from imgsearch.watch import Batch, Watcher  # imported when `watch` runs: no watchdog else
 
 # --db: a SQLite file path, or a database URL (anything with '://') kept as text.
 Db = Path | str | None
@@ -338,36 +344,107 @@ def index(
     if as_json:
         emit(summary.to_dict())
         return
-    kinds = f" ({skip_counts(summary.skipped)})" if summary.skipped else ""
-    click.echo(
-        f"added {summary.added}, updated {summary.updated}, moved {summary.moved}, "
-        f"removed {summary.removed}, unchanged {summary.unchanged}, "
-        f"skipped {len(summary.skipped)}{kinds} in {summary.seconds:.1f} s"
-    )
+    click.echo(summary_line(summary))
+
+
+def filter_options(command):  # noqa: ANN001, ANN201 - a click command
+    """--after, --before, --camera and --under: which photos a command looks at."""
+    for option in reversed(
+        [
+            click.option("--after", metavar="DATE", help="Only photos taken on or after "
+                         "DATE (YYYY, YYYY-MM or YYYY-MM-DD; EXIF time, else file time)."),
+            click.option("--before", metavar="DATE", help="Only photos taken before DATE."),
+            click.option("--camera", help="Only photos whose camera make or model contains "
+                         "this (any case)."),
+            click.option("--under", type=click.Path(path_type=Path),
+                         help="Only photos in this subfolder."),
+        ]
+    ):  # fmt: skip
+        command = option(command)
+    return command
+
+
+_WEIGHT = re.compile(r"^(\d+(?:\.\d+)?):(.+)$", re.S)
+
+
+def weighted(value: str) -> tuple[float, str]:
+    """rclip's form: '2:snow' is 'snow' with weight 2; anything else has weight 1."""
+    found = _WEIGHT.match(value)
+    if found and not Path(value).exists():
+        return float(found.group(1)), found.group(2)
+    return 1.0, value
+
+
+def query_terms(
+    images: tuple[str, ...], texts: tuple[str, ...], nots: tuple[str, ...]
+) -> tuple[list, list]:
+    """The positive and negative terms of a combined query: images (weight prefixes
+    allowed), texts, and --not values, each an image where such a file exists, else text."""
+    positive: list = []
+    for value in images:
+        weight, path = weighted(value)
+        positive.append((weight, Path(path)))
+    for value in texts:
+        weight, text = weighted(value)
+        if not text.strip():
+            raise ImgsearchError("the query text is empty: give --text some words")
+        positive.append((weight, Text(text)))
+    negative: list = []
+    for value in nots:
+        weight, item = weighted(value)
+        if not item.strip():
+            raise ImgsearchError("--not is empty: give a text or an image to rank down")
+        negative.append((weight, Path(item) if Path(item).is_file() else Text(item)))
+    return positive, negative
 
 
 @main.command()
-@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--text", help="Query by text instead of (or without) an image.")
+@click.argument("images", nargs=-1)
+@click.option(
+    "--text",
+    "texts",
+    multiple=True,
+    help="A text to look for (repeat to combine; '2:snow' weighs it twice).",
+)
+@click.option(
+    "--not",
+    "nots",
+    multiple=True,
+    help="A text or an image to rank down (repeat; weights as for --text).",
+)
 @click.option("-k", "k", type=int, default=config.DEFAULT_K, show_default=True, help="Results.")
-@click.option("--under", type=click.Path(path_type=Path), help="Only results in this subfolder.")
+@filter_options
+@click.option("--min-score", type=SCORE, help="Only results scoring at least this.")
+@click.option(
+    "--sort",
+    type=click.Choice(["score", "date"]),
+    default="score",
+    show_default=True,
+    help="date: the best -k above the related cutoff (or --min-score), newest first.",
+)
 @click.option("--explain", is_flag=True, help="Show the captions each hit shares with the query.")
 @click.option(
     "--method",
     type=MethodChoice(),
     help="Scoring: caption space (tuned), the paper's caption average, image vectors, a mix, "
     "or shared concepts (default: the index's own: concepts for a new offline index, else "
-    "caption).",
+    "caption; caption for a query with text).",
 )
 @db_option
 @device_option
 @html_option
 @json_option
 def query(
-    images: tuple[Path, ...],
-    text: str | None,
+    images: tuple[str, ...],
+    texts: tuple[str, ...],
+    nots: tuple[str, ...],
     k: int,
+    after: str | None,
+    before: str | None,
+    camera: str | None,
     under: Path | None,
+    min_score: float | None,
+    sort: str,
     explain: bool,
     method: str | None,
     db: Db,
@@ -375,28 +452,40 @@ def query(
     html_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Rank the indexed images by similarity to IMAGES (averaged) or to --text."""
-    if text is not None and not text.strip():
-        raise ImgsearchError("the query text is empty: give --text some words")
-    if bool(images) == (text is not None):
-        raise ImgsearchError("give one or more query images, or --text (not both)")
+    """Rank the indexed images by similarity to IMAGES and --text terms combined, minus the
+    --not terms."""
+    positive, negative = query_terms(images, texts, nots)
+    if not positive:
+        raise ImgsearchError("give one or more query images, or --text")
+    has_text = any(isinstance(t, Text) for _, t in positive + negative)
     with Index.open(db, device=device) as ix:
-        if text:
-            if method not in (None, "caption"):
-                raise ImgsearchError("--text ranks by the caption score only; drop --method")
-            hits = ix.query_text(text, k=k, under=under, explain=explain or bool(html_file))
-        else:
-            shared = explain or bool(html_file)  # a report always explains
-            hits = ix.query(list(images), k=k, under=under, explain=shared, method=method)
-        # The threshold of the score that ranked: a text query's is the caption score's.
-        ranked_by = "caption" if text else method or ix.default_method
+        shared = explain or bool(html_file)  # a report always explains
+        hits = ix.query(
+            positive=positive,
+            negative=negative,
+            k=k,
+            under=under,
+            explain=shared,
+            method=method,
+            after=after,
+            before=before,
+            camera=camera,
+            min_score=min_score,
+            sort=sort,
+        )
+        # The threshold of the score that ranked: a query with text ranks by caption.
+        ranked_by = method or ("caption" if has_text else ix.default_method)
         tau = ix.tau(ranked_by)
         note = coverage_note(ix) if ranked_by in ("caption", "caption_avg", "concepts") else None
         if html_file is not None:
-            report.save(html_file, report.query_page(ix, hits, images, text))
+            query_images = [t for _, t in positive if not isinstance(t, Text)]
+            query_text = "; ".join(t.text for _, t in positive if isinstance(t, Text)) or None
+            report.save(html_file, report.query_page(ix, hits, query_images, query_text))
             say(f"wrote {html_file}")
-    if hits and hits[0].score < tau:
+    if hits and hits[0].score < tau and sort == "score":
         say(f"no photo matches well: best {hits[0].score:.2f}, related above {tau:.2f}")
+    if not hits and (min_score is not None or sort == "date"):
+        say("no photo scores above the cutoff")
     if note:
         say(note)
     if as_json:
@@ -406,14 +495,20 @@ def query(
                     "path": h.path,
                     "score": round(h.score, 6),
                     "related": h.score >= tau,
+                    "taken": h.taken,
+                    "taken_from": h.taken_from,
+                    "camera": h.camera,
+                    "gps": list(h.gps) if h.gps is not None else None,
                     **({"shared": h.shared} if explain else {}),
                 }
                 for h in hits
             ]
         )
         return
+    dated = sort == "date" or after is not None or before is not None
     for hit in hits:
-        click.echo(f"{hit.score:.4f}  {hit.path}")
+        when = f"  {hit.taken or '-':19}" if dated else ""
+        click.echo(f"{hit.score:.4f}{when}  {hit.path}")
         if explain:
             click.echo(f"        shares: {shared_text(hit.shared)}")
 
@@ -738,15 +833,26 @@ def graph_summary(result: Graph, most: int = 5, members: int = 3) -> list[str]:
 @click.option("--k", "k", type=int, help=f"k-means clusters (default {config.CLUSTERS_K}).")
 @click.option("--tau", type=SCORE, help="Instead of k-means: components of the tau graph.")
 @method_option
+@filter_options
 @db_option
 @html_option
 @json_option
 def clusters(
-    k: int | None, tau: float | None, method: str, db: Db, html_file: Path | None, as_json: bool
+    k: int | None,
+    tau: float | None,
+    method: str,
+    after: str | None,
+    before: str | None,
+    camera: str | None,
+    under: Path | None,
+    db: Db,
+    html_file: Path | None,
+    as_json: bool,
 ) -> None:
     """Group the collection; each group is named by its members' most common captions."""
+    filters = {"after": after, "before": before, "camera": camera, "under": under}
     with Index.open(db) as ix:
-        found = ix.clusters(k=k, tau=tau, method=method)
+        found = ix.clusters(k=k, tau=tau, method=method, **filters)
         if html_file is not None:
             report.save(html_file, report.clusters_page(ix, found))
             say(f"wrote {html_file}")
@@ -774,6 +880,7 @@ def clusters(
 )
 @click.option("--include-similar", is_flag=True, help="With --move-to: move similar shots too.")
 @click.option("--yes", "-y", is_flag=True, help="With --move-to: move without asking.")
+@filter_options
 @db_option
 @html_option
 @json_option
@@ -782,6 +889,10 @@ def duplicates(
     move_to: Path | None,
     include_similar: bool,
     yes: bool,
+    after: str | None,
+    before: str | None,
+    camera: str | None,
+    under: Path | None,
     db: Db,
     html_file: Path | None,
     as_json: bool,
@@ -793,7 +904,8 @@ def duplicates(
     if yes and move_to is None:
         raise ImgsearchError("--yes goes with --move-to")
     with Index.open(db) as ix:
-        groups = ix.duplicates(threshold, progress=_verify_bar())
+        filters = {"after": after, "before": before, "camera": camera, "under": under}
+        groups = ix.duplicates(threshold, progress=_verify_bar(), **filters)
         if html_file is not None:  # before any move: it shows the copies where they were found
             report.save(html_file, report.duplicates_page(ix, groups))
             say(f"wrote {html_file}")
@@ -959,6 +1071,106 @@ def sets(
         click.echo(f"{hit.score:.4f}  {hit.item}")
 
 
+polling_option = click.option(
+    "--polling",
+    is_flag=True,
+    help="Look at the folder every --interval seconds instead of being told of changes "
+    "(inotify): for network and FUSE mounts, or where the inotify limits are reached.",
+)
+interval_option = click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    help="Seconds between two looks at the folder with --polling (default: 1).",
+)
+
+
+def skip_note(skip: Skipped) -> None:
+    say(f"skipped {skip.path}: {skip.reason}")
+
+
+def summary_line(summary: IndexSummary) -> str:
+    """What an indexing run did, in one line: `index` prints it, `watch` one per batch."""
+    kinds = f" ({skip_counts(summary.skipped)})" if summary.skipped else ""
+    return (
+        f"added {summary.added}, updated {summary.updated}, moved {summary.moved}, "
+        f"removed {summary.removed}, unchanged {summary.unchanged}, "
+        f"skipped {len(summary.skipped)}{kinds} in {summary.seconds:.1f} s"
+    )
+
+
+def batch_printer(as_json: bool, notes: bool = False) -> Callable[[Batch], None]:
+    """Prints a watcher's batches, one line each (a JSON object with --json), on stdout,
+    or as notes on stderr (``notes``: `serve --watch`, whose stdout is the address)."""
+
+    def show(batch: Batch) -> None:
+        if as_json:
+            line = json.dumps(batch.to_dict(), ensure_ascii=False)
+        else:
+            paths = f"{batch.paths} path{'s' if batch.paths != 1 else ''}"
+            what = "catch-up" if batch.catch_up else f"batch {batch.number} ({paths})"
+            line = f"{what}: {summary_line(batch.summary)}"
+        if notes:
+            say(line)
+        else:
+            click.echo(line)
+
+    return show
+
+
+def stopped_line(watcher: Watcher) -> str:
+    totals = watcher.totals
+    cut = "; the batch under way was stopped (what it finished is kept)"
+    return (
+        f"stopped watching {watcher.root} after {totals.batches} "
+        f"batch{'es' if totals.batches != 1 else ''}: added {totals.added}, updated "
+        f"{totals.updated}, moved {totals.moved}, removed {totals.removed}"
+        f"{cut if totals.interrupted else ''}"
+    )
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@db_option
+@click.option("--model", help="Model for a new index (as for index; an existing one keeps its).")
+@device_option
+@polling_option
+@interval_option
+@click.option("-q", "--quiet", is_flag=True, help="No per-file notes.")
+@json_option
+def watch(
+    folder: Path,
+    db: Db,
+    model: str | None,
+    device: str,
+    polling: bool,
+    interval: float | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Keep the index of FOLDER current as files are added, changed, moved or deleted.
+
+    Catches up first, then indexes each batch of changes (gathered until the folder is
+    quiet for a second) and prints one line for it. Holds the writer lock while it runs;
+    Ctrl-C or SIGTERM stops it."""
+    from imgsearch import watch as watching
+
+    if interval is not None and not polling:
+        raise ImgsearchError("--interval sets how often --polling looks; add --polling")
+    with Index.create(folder, db, model, device=device, say=None if quiet else say) as ix:
+        watcher = watching.Watcher(
+            ix,
+            polling,
+            interval or watching.INTERVAL,
+            on_batch=batch_printer(as_json),
+            on_skip=None if quiet else skip_note,
+            say=say,
+            on_start=lambda: say(f"watching {ix.root} ({watcher.totals.observer}); Ctrl-C stops"),
+        )
+        with watching.stop_on_signals(watcher):
+            watcher.run()
+    say(stopped_line(watcher))
+
+
 @main.command()
 @db_option
 @click.option(
@@ -974,9 +1186,13 @@ def sets(
     show_default=True,
     help="Port to listen on (0: any free one).",
 )
-def serve(db: Db, host: str, port: int) -> None:
+@click.option("--watch", "watching", is_flag=True, help="Also keep the index current (watch).")
+@polling_option
+@interval_option
+def serve(db: Db, host: str, port: int, watching: bool, polling: bool, interval: float) -> None:
     """Search and browse the index in a web browser: by image or text, with clusters and
-    duplicates. Prints the address to open; Ctrl-C stops it."""
+    duplicates. Prints the address to open; Ctrl-C stops it. With --watch it also keeps
+    the index current as files change, as `imgsearch watch` does."""
     from imgsearch import web
 
     def ready(url: str, ix: Index) -> None:
@@ -985,7 +1201,21 @@ def serve(db: Db, host: str, port: int) -> None:
         say(f"{ix.store.count()} images in {ix.root}; open {url} in a browser (Ctrl-C stops)")
         click.echo(url)
 
-    web.serve(db, host, port, on_ready=ready)
+    if not watching:
+        if polling or interval is not None:
+            raise ImgsearchError("--polling and --interval go with --watch")
+        web.serve(db, host, port, on_ready=ready)
+        return
+    from imgsearch import watch
+
+    shown = batch_printer(as_json=False, notes=True)
+    with (
+        watch.sigterm_as_interrupt(),
+        watch.in_background(db, polling, interval or watch.INTERVAL, shown, skip_note, say) as w,
+    ):
+        say(f"watching {w.root} ({w.totals.observer})")
+        web.serve(db, host, port, on_ready=ready)
+    say(stopped_line(w))
 
 
 @main.command("map")
@@ -1020,15 +1250,26 @@ def serve(db: Db, host: str, port: int) -> None:
     help="Which vectors are placed and clustered.",
 )
 @click.option("--size", default="1200x900", show_default=True, help="PNG size, WIDTHxHEIGHT.")
+@filter_options
 @db_option
 def map_command(
-    output: Path, projection: str, k: int | None, score: str, size: str, db: Db
+    output: Path,
+    projection: str,
+    k: int | None,
+    score: str,
+    size: str,
+    after: str | None,
+    before: str | None,
+    camera: str | None,
+    under: Path | None,
+    db: Db,
 ) -> None:
     """Draw the collection in two dimensions, coloured by cluster (t-SNE or PCA)."""
     report.map_format(output)
     dimensions = report.parse_dimensions(size)
     with Index.open(db) as ix:
-        layout = ix.layout(projection, k=k, method=score)
+        filters = {"after": after, "before": before, "camera": camera, "under": under}
+        layout = ix.layout(projection, k=k, method=score, **filters)
         report.save_map(ix, layout, output, dimensions)
     say(
         f"wrote {output}: {len(layout.paths)} images, {layout.projection}, "

@@ -41,6 +41,7 @@ class Collection:
         tau: Callable[[str], float],
         graph_tau: float,
         duplicate_threshold: float,
+        scope: list[int] | None = None,
     ):
         self.root = root
         self.store = store
@@ -48,6 +49,15 @@ class Collection:
         self.tau = tau
         self.graph_tau = graph_tau
         self.duplicate_threshold = duplicate_threshold
+        self.scope = scope  # the ids the date, camera and folder filters let through
+
+    def _of(self, method: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """A method's (ids, paths, vectors), only of the photos in scope."""
+        ids, paths, vectors = self.vectors.of(method)
+        if self.scope is None:
+            return ids, paths, vectors
+        keep = np.flatnonzero(np.isin(ids, np.asarray(self.scope, dtype=ids.dtype)))
+        return ids[keep], [paths[i] for i in keep], vectors[keep]
 
     def graph(self, tau: float | None, method: str | None, k: int | None, mutual: bool) -> Graph:
         tau = scoring.check_score(tau)
@@ -59,7 +69,7 @@ class Collection:
                 tau = self.graph_tau
         scoring.get(method, ranking=True)
         tau = self.tau(method) if tau is None else tau
-        ids, paths, vectors = self.vectors.of(method)
+        ids, paths, vectors = self._of(method)
         edges = relations.graph_edges(vectors, tau, k, mutual and k is not None)
         groups = relations.components(len(ids), edges)
         nodes = [str(self.root / p) for p in paths]
@@ -77,7 +87,7 @@ class Collection:
             k = config.CLUSTERS_K if k is None else k
             if k < 1:
                 raise ImgsearchError("--k must be at least 1")
-            ids, _, vectors = self.vectors.of(method)
+            ids, _, vectors = self._of(method)
             groups = relations.kmeans_clusters(vectors, k)
         caption_ids, caption_scores = self.store.caption_lists(ids)
         texts = self.vectors.context.bank.texts
@@ -99,7 +109,10 @@ class Collection:
         threshold = scoring.check_score(threshold, "threshold", 0.0, 1.0, low_open=True)
         threshold = self.duplicate_threshold if threshold is None else threshold
         similar = self.tau("image")
-        finder = Finder(self.root, self.store, threshold, similar, limits=limits, progress=progress)
+        finder = Finder(
+            self.root, self.store, threshold, similar, limits=limits, progress=progress,
+            scope=self.scope,
+        )  # fmt: skip
         return finder.groups()
 
     def move_duplicates(
@@ -171,7 +184,7 @@ class Collection:
         return [SetHit(str(self.root / name), value) for name, value in ranked[:k]]
 
     def layout(self, projection: str, k: int | None, method: str) -> Layout:
-        ids, paths, vectors = self.vectors.of(method)
+        ids, paths, vectors = self._of(method)
         xy, used = project(vectors, projection)
         k = config.viewer_clusters(len(ids)) if k is None else k
         clusters = self.clusters(k, None, method)

@@ -30,6 +30,10 @@ INDEX_MEMORY = 4 << 30
 CALIBRATE_MIN = 50
 CALIBRATE_SAMPLE = 2000
 CALIBRATE_PAIRS = 100_000
+# ... and again once the images added, changed or removed since then come to this share of
+# the collection: a few photos more barely move a statistic of 100,000 random pairs, and
+# computing it takes seconds at 10^4 images (a watcher would pay that at every batch).
+RECALIBRATE_SHARE = 0.05
 
 # Coverage: how sure the model is, on average over the collection, of what each photo
 # shows (the offline model's top class probability). Below COVERAGE_LOW the captions

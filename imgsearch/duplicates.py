@@ -176,8 +176,10 @@ class Finder:
         limits: Limits = DEFAULT_LIMITS,
         workers: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        scope: list[int] | None = None,
     ):
         self.root = root
+        self.scope = scope
         self.store = store
         self.threshold = threshold
         self.similar = similar
@@ -190,6 +192,9 @@ class Finder:
 
     def groups(self) -> list[Duplicates]:
         ids, paths, vectors = self.store.vectors("image_vector")
+        if self.scope is not None:
+            keep = np.flatnonzero(np.isin(ids, np.asarray(self.scope, dtype=ids.dtype)))
+            ids, paths, vectors = ids[keep], [paths[i] for i in keep], vectors[keep]
         self.ids, self.paths, self.vectors = ids, paths, vectors
         n = len(ids)
         if n < 2:

@@ -34,18 +34,41 @@ class Caption:
 @dataclass
 class Hit:
     """A ranked result. ``path`` is absolute; ``shared`` explains the match when asked for;
-    ``id`` is the image's id in the index (how the web UI addresses its thumbnail)."""
+    ``id`` is the image's id in the index (how the web UI addresses its thumbnail);
+    ``taken`` its date (EXIF capture time, else the file's mtime: ``taken_from`` says
+    which), ``camera`` and ``gps`` from its EXIF data."""
 
     path: str
     score: float
     shared: list[str] = field(default_factory=list)
     id: int | None = None
+    taken: str | None = None
+    taken_from: str | None = None
+    camera: str | None = None
+    gps: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text term of a combined query (``Index.query(positive=[Text("snow"), ...])``):
+    a plain string there is a path."""
+
+    text: str
+
+
+# Why a listed path (``Index.add(files=...)``) is skipped when no image file is there and
+# none was indexed there: for a watcher, a file that came and went between two batches.
+LISTED_MISSING = "listed, but no image file is there"
 
 
 @dataclass
 class Skipped:
     path: str
     reason: str
+
+    @property
+    def listed_missing(self) -> bool:
+        return self.reason == LISTED_MISSING
 
 
 @dataclass
@@ -59,6 +82,10 @@ class IndexSummary:
     unchanged: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    # Seconds each stage of the embedding spent (read, decode, model, captions, write,
+    # waiting: the model waiting for decoded photos or for the caption search), summed
+    # over its threads or processes; empty where nothing was embedded. Not in ``to_dict``.
+    stages: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {

@@ -202,6 +202,11 @@ class ImageScore(Method):
     def vector(self, ctx: Context, image: Description) -> np.ndarray:
         return image.image_vector
 
+    def text(self, ctx: Context, text_vector: np.ndarray) -> np.ndarray:
+        """A text's own vector: CLIP and SigLIP put images and texts in one space (the
+        API refuses a text here for a model whose image vectors do not, the offline one)."""
+        return text_vector
+
     def dim(self, ctx: Context, image_dim: Callable[[], int]) -> int:
         return image_dim()
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import json
 import os
 import re
+import shlex
 import sqlite3
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -187,6 +191,41 @@ def _maybe_vector(blob: bytes | None) -> np.ndarray | None:
     return None if blob is None else _vector(blob)
 
 
+_BUSY = "another imgsearch process is updating {name}; wait for it to finish"
+_BUSY_BY = "another imgsearch process is updating {name} ({holder}); wait for it to finish"
+
+
+def _command_line() -> str:
+    """This process's command as a user typed it: 'imgsearch watch photos'."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if Path(program).stem in ("imgsearch", "cli", "__main__"):
+        program = "imgsearch"
+    return shlex.join([program, *sys.argv[1:]])[:300]
+
+
+def _record_holder(path: Path, busy: str | None) -> None:
+    """Who holds the writer lock, beside the lock file: what a second writer is told. Best
+    effort: a folder that takes the lock but not this file leaves the plain message."""
+    record = {"pid": os.getpid(), "command": _command_line(), "busy": busy}
+    spare = path.with_name(f"{path.name}.{os.getpid()}")
+    try:
+        spare.write_text(json.dumps(record), "utf-8")
+        os.replace(spare, path)  # whole or not at all, for a reader that looks meanwhile
+    except OSError:
+        with suppress(OSError):
+            spare.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process (or no way to tell): take it as alive
+    return True
+
+
 def is_url(db: str | os.PathLike) -> bool:
     """A database URL (``postgresql+psycopg://...``) rather than a SQLite file path."""
     return isinstance(db, str) and "://" in db
@@ -215,6 +254,7 @@ class Store:
         self.engine = engine
         self.name = name if name is not None else str(path)
         self.read_only = read_only  # a SQLite file this process may read but not write
+        self._writer_thread: int | None = None  # the thread holding writer(), if one does
 
     @property
     def is_postgres(self) -> bool:
@@ -335,16 +375,23 @@ class Store:
                 _upsert_meta(conn, {"schema_version": str(SCHEMA_VERSION)})
 
     @contextmanager
-    def writer(self) -> Iterator[None]:
+    def writer(self, busy: str | None = None) -> Iterator[None]:
         """Hold the index's write lock: a second writer stops at once with a clear message.
 
         SQLite: a lock file beside the database. PostgreSQL: a session advisory lock, held
         on a connection of its own for as long as the writer runs; a writer that dies
         loses its connection and with it the lock, so no stale lock is ever left behind.
+
+        The thread holding it may take it again (a watcher holds it across many ``add``
+        runs). ``busy`` is the message a second writer gets meanwhile (``{name}``: the
+        index, ``{holder}``: 'PID 123: imgsearch watch photos'); by default it says that
+        another process is updating the index. SQLite records it beside the lock file.
         """
-        busy = ImgsearchError(
-            f"another imgsearch process is updating {self.name}; wait for it to finish"
-        )
+        if self._writer_thread == threading.get_ident():
+            if not self.is_postgres:
+                self.check_intact()
+            yield
+            return
         if self.read_only:
             raise ImgsearchError(
                 f"the index at {self.name} is read-only here (no permission to write it or "
@@ -356,9 +403,10 @@ class Store:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 key = _lock_key(conn, "writer")
                 if not conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar():
-                    raise busy
+                    raise ImgsearchError(_BUSY.format(name=self.name))
                 try:
-                    yield
+                    with self._held():
+                        yield
                 finally:
                     conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
             return
@@ -366,12 +414,41 @@ class Store:
         try:
             lock.acquire()
         except Timeout:
-            raise busy from None
+            raise ImgsearchError(self._busy_message()) from None
+        holder = Path(str(self.path) + ".holder")
         try:
+            _record_holder(holder, busy)
             self.check_intact()
+            with self._held():
+                yield
+        finally:
+            with suppress(OSError):
+                holder.unlink()
+            lock.release()
+
+    @contextmanager
+    def _held(self) -> Iterator[None]:
+        self._writer_thread = threading.get_ident()
+        try:
             yield
         finally:
-            lock.release()
+            self._writer_thread = None
+
+    def _busy_message(self) -> str:
+        """What a second writer is told: the holder's own message where it left one (and
+        is still running), else that another process is updating the index."""
+        try:
+            record = json.loads(Path(str(self.path) + ".holder").read_text("utf-8"))
+            pid, command = int(record["pid"]), str(record["command"])
+            template = record.get("busy") or _BUSY_BY
+        except (OSError, ValueError, KeyError, TypeError):
+            return _BUSY.format(name=self.name)  # no record: a holder older than records
+        if not _running(pid):  # a record left by a holder that was killed
+            return _BUSY.format(name=self.name)
+        try:
+            return template.format(name=self.name, holder=f"PID {pid}: {command}")
+        except (KeyError, IndexError, ValueError):
+            return _BUSY_BY.format(name=self.name, holder=f"PID {pid}: {command}")
 
     def check_intact(self) -> None:
         """SQLite's quick check (every page's structure, in one pass over the file): a
@@ -437,43 +514,46 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(images_table)).scalar_one()
 
-    def put_images(self, records: list[ImageRecord]) -> None:
-        """Insert or replace images (by path) with their captions, in one transaction."""
-        if not records:
+    def put_images(
+        self, records: list[ImageRecord], skipped: Sequence[tuple[str, int, int, str]] = ()
+    ) -> None:
+        """Insert or replace images (by path) with their captions, and remember the files
+        that failed (path, size, mtime_ns, reason), all in one transaction.
+
+        Every table takes its rows in one executemany; the new images' ids are then read
+        back by path in one query (ids were once taken one INSERT at a time, which cost as
+        much as the rest of the batch)."""
+        if not records and not skipped:
             return
         now = time.time()
+        t = images_table
         with self.engine.begin() as conn:
-            _bump_generation(conn)
-            paths = [r.path for r in records]
-            conn.execute(images_table.delete().where(images_table.c.path.in_(paths)))
-            conn.execute(skipped_table.delete().where(skipped_table.c.path.in_(paths)))
-            for r in records:
-                r.id = conn.execute(
-                    images_table.insert().values(
-                        path=r.path,
-                        size=r.size,
-                        mtime_ns=r.mtime_ns,
-                        hash=r.hash,
-                        width=r.width,
-                        height=r.height,
-                        image_vector=_blob(r.image_vector),
-                        caption_vector=_blob(r.caption_vector),
-                        concept_vector=_maybe_blob(r.concept_vector),
-                        class_confidence=r.class_confidence,
-                        indexed_at=now,
-                    )
-                ).inserted_primary_key[0]
-            conn.execute(
-                image_captions_table.insert(),
-                [
+            if records:
+                _bump_generation(conn)
+                paths = [r.path for r in records]
+                conn.execute(t.delete().where(t.c.path.in_(paths)))
+                conn.execute(skipped_table.delete().where(skipped_table.c.path.in_(paths)))
+                conn.execute(t.insert(), [_image_row(r, now) for r in records])
+                found = sa.select(t.c.path, t.c.id).where(t.c.path.in_(paths))
+                ids = dict(conn.execute(found).all())
+                for r in records:
+                    r.id = ids[r.path]
+                captions = [
                     {"image_id": r.id, "rank": rank, "caption_id": int(c), "score": float(s)}
                     for r in records
                     for rank, (c, s) in enumerate(zip(r.caption_ids, r.caption_scores))
-                ],
-            )
-            facts = [(r.id, r.facts) for r in records if r.facts is not None]
-            if facts:
-                conn.execute(facts_table.insert(), [_facts_row(i, f) for i, f in facts])
+                ]
+                if captions:
+                    conn.execute(image_captions_table.insert(), captions)
+                facts = [_facts_row(r.id, r.facts) for r in records if r.facts is not None]
+                if facts:
+                    conn.execute(facts_table.insert(), facts)
+            if skipped:
+                rows = [
+                    {"path": p, "size": size, "mtime_ns": mtime, "reason": reason}
+                    for p, size, mtime, reason in skipped
+                ]
+                _upsert_many(conn, skipped_table, rows, "path")
 
     def without_facts(self) -> dict[int, str]:
         """Images stored before their files' facts were read (an index made before schema
@@ -525,9 +605,7 @@ class Store:
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     def mark_skipped(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
-        row = {"path": path, "size": size, "mtime_ns": mtime_ns, "reason": reason}
-        with self.engine.begin() as conn:
-            _upsert(conn, skipped_table, row, "path")
+        self.put_images([], [(path, size, mtime_ns, reason)])
 
     def forget_skipped_reason(self, prefix: str) -> None:
         """Drop the failure records whose reason starts with ``prefix`` (e.g. a limit's, when
@@ -903,6 +981,30 @@ def _upsert(conn: sa.Connection, table: sa.Table, row: dict, key: str) -> None:
     insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
     update = {c: v for c, v in row.items() if c != key}
     conn.execute(insert.values(**row).on_conflict_do_update(index_elements=[key], set_=update))
+
+
+def _upsert_many(conn: sa.Connection, table: sa.Table, rows: list[dict], key: str) -> None:
+    """``_upsert`` for many rows in one executemany: each row's other columns overwrite
+    those of the row with its ``key``."""
+    insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+    update = {c: insert.excluded[c] for c in rows[0] if c != key}
+    conn.execute(insert.on_conflict_do_update(index_elements=[key], set_=update), rows)
+
+
+def _image_row(r: ImageRecord, now: float) -> dict:
+    return {
+        "path": r.path,
+        "size": r.size,
+        "mtime_ns": r.mtime_ns,
+        "hash": r.hash,
+        "width": r.width,
+        "height": r.height,
+        "image_vector": _blob(r.image_vector),
+        "caption_vector": _blob(r.caption_vector),
+        "concept_vector": _maybe_blob(r.concept_vector),
+        "class_confidence": r.class_confidence,
+        "indexed_at": now,
+    }
 
 
 def _upsert_meta(conn: sa.Connection, values: dict[str, str]) -> None:

@@ -36,7 +36,7 @@ from imgsearch.api import Index
 from imgsearch.errors import ImgsearchError
 from imgsearch.files import BadImage, decode
 from imgsearch.report import display_name
-from imgsearch.results import Hit
+from imgsearch.results import Hit, Text
 from imgsearch.thumbnails import cached_thumbnail
 
 DEFAULT_K = 24  # a grid's worth
@@ -92,7 +92,14 @@ class Viewer:
 
     def hits(self, index: Index, hits: list[Hit]) -> list[dict]:
         return [
-            {**self.card(index, h.path, h.id), "score": round(h.score, 4), "shared": h.shared}
+            {
+                **self.card(index, h.path, h.id),
+                "score": round(h.score, 4),
+                "shared": h.shared,
+                "taken": h.taken,
+                "taken_from": h.taken_from,
+                "camera": h.camera,
+            }
             for h in hits
         ]
 
@@ -200,7 +207,7 @@ def create_app(
         k = _k(request)
         viewer.model_ready()
         with viewer.using() as ix:
-            hits = ix.query_text(text, k=k, explain=True)
+            hits = ix.query_text(text, k=k, explain=True, **_options(request))
             query = {"kind": "text", "text": text}
             return JSONResponse({"query": query, "hits": viewer.hits(ix, hits)})
 
@@ -212,9 +219,13 @@ def create_app(
             found = ix.image_file(request.path_params["image_id"])
             if found is None:
                 raise HTTPException(404)
-            hits = ix.query(found.path, k=k, explain=True)
+            options = _options(request)
+            if _texts(request):
+                viewer.model_ready()
+            hits = ix.query(found.path, k=k, explain=True, **options)
             query = {
                 "kind": "indexed",
+                "text": "; ".join(t.text for t in _texts(request)) or None,
                 **viewer.card(ix, str(found.path), found.id),
                 "captions": [c.text for c in ix.captions(found.path)[:5]],
             }
@@ -241,9 +252,9 @@ def create_app(
             return _error(413, f"the image is larger than the upload limit of {megabytes:g} MB")
         if not body:
             raise ImgsearchError("the upload is empty: choose an image file")
-        return await run_in_threadpool(search_upload, bytes(body), k)
+        return await run_in_threadpool(search_upload, bytes(body), k, _options(request))
 
-    def search_upload(data: bytes, k: int) -> Response:
+    def search_upload(data: bytes, k: int, options: dict) -> Response:
         with tempfile.TemporaryDirectory(prefix="imgsearch-upload-") as folder:
             path = Path(folder) / "upload"
             path.write_bytes(data)
@@ -253,9 +264,10 @@ def create_app(
                 raise ImgsearchError(f"the upload cannot be used: {exc}") from None
         viewer.model_ready()
         with viewer.using() as ix:
-            hits = ix.query(picture, k=k, explain=True)
+            hits = ix.query(picture, k=k, explain=True, **options)
             captions = [c.text for c in ix.captions(picture)[:5]]
-            query = {"kind": "image", "captions": captions}
+            text = "; ".join(t.text for _, t in options.get("positive", ())) or None
+            query = {"kind": "image", "captions": captions, "text": text}
             return JSONResponse({"query": query, "hits": viewer.hits(ix, hits)})
 
     def clusters(request: Request) -> Response:
@@ -388,6 +400,36 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
 
 def _k(request: Request) -> int:
     return _int(request, "k", DEFAULT_K, 1, MAX_K)
+
+
+def _texts(request: Request) -> list[Text]:
+    """Texts to look for beside a photo (``q``; the text route reads its own ``q``)."""
+    if request.url.path == "/api/search/text":
+        return []
+    return [Text(q) for q in request.query_params.getlist("q") if q.strip()]
+
+
+def _options(request: Request) -> dict:
+    """What every search route takes besides its query: texts to add (``q``, beside a
+    photo), texts to rank down (``not``, repeatable), ``after``/``before`` dates, ``camera``,
+    ``sort`` (score or date) and ``min_score``."""
+    params = request.query_params
+    options: dict = {
+        "positive": [(1.0, t) for t in _texts(request)],
+        "negative": [(1.0, Text(n)) for n in params.getlist("not") if n.strip()],
+        "sort": params.get("sort") or "score",
+    }
+    for name in ("after", "before", "camera"):
+        if params.get(name):
+            options[name] = params[name]
+    if params.get("min_score"):
+        try:
+            options["min_score"] = float(params["min_score"])
+        except ValueError:
+            raise ImgsearchError(
+                f"min_score must be a number, not {params['min_score']!r}"
+            ) from None
+    return options
 
 
 def listen(host: str, port: int) -> socket.socket:

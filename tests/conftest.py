@@ -16,6 +16,9 @@ from tests.pg import PgServer, find_bin_dir
 # No test may reach the network: the hub is off, and every model is local.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Every test sees float32 models whatever this CPU supports (CI's CPUs vary), so pinned
+# outputs stay pinned; tests/test_precision.py forces the reduced formats itself.
+os.environ.setdefault("IMGSEARCH_PRECISION", "float32")
 
 SAMPLES = [
     "chelsea",

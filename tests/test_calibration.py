@@ -63,6 +63,30 @@ def test_index_records_calibrated_taus(tmp_path: Path, small_bank: Path) -> None
     assert json.loads(compared.stdout)["methods"]["caption"]["tau"] == status["tau"]["caption"]
 
 
+def test_taus_are_computed_again_once_a_twentieth_of_the_images_changed(
+    tmp_path: Path, small_bank: Path, tiny_clip: Path
+) -> None:
+    """A photo more barely moves a statistic of random pairs; computing it costs seconds
+    in a large collection, which a watcher would pay at every batch."""
+    folder = tmp_path / "many"
+    many_photos(folder, 60)
+    with Index.create(folder, model=str(tiny_clip), captions=small_bank) as index:
+        index.add()
+        first = {k: v for k, v in index.store.meta().items() if k.startswith("tau.")}
+        assert index.meta["calibration.images"] == "60"
+        for n in range(2):  # two changes: under 5% of 60
+            sample("coins").rotate(90 * n + 90).save(folder / f"new{n}.jpg")
+            index.add()
+        meta = index.store.meta()
+        assert meta["calibration.changes"] == "2"
+        assert {k: v for k, v in meta.items() if k.startswith("tau.")} == first
+        (folder / "000.jpg").unlink()  # the third: 5% of 60, so computed again
+        index.add()
+        meta = index.store.meta()
+        assert (meta["calibration.images"], meta["calibration.changes"]) == ("61", "0")
+        assert meta["tau.image"] == str(index.vectors.calibrated_tau("image"))
+
+
 def test_a_query_with_no_good_match_says_so(tmp_path: Path, small_bank: Path) -> None:
     folder = tmp_path / "photos"
     write_photos(folder)

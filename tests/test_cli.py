@@ -242,7 +242,7 @@ def test_query_by_method(indexed: Path) -> None:
         )
         assert result.exit_code == 0 and len(json.loads(result.stdout)) == 7
     bad = run("query", "--text", "cat", "--method", "image", cwd=indexed)
-    assert bad.exit_code == 1 and "caption score only" in bad.stderr
+    assert bad.exit_code == 1 and "do not share a space with texts" in bad.stderr
 
 
 def test_a_reader_that_goes_away_gets_no_traceback(indexed: Path) -> None:

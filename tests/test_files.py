@@ -6,6 +6,7 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -100,3 +101,42 @@ def test_decompression_bomb_is_rejected(tmp_path: Path) -> None:
     assert path.stat().st_size < 1_000_000
     with pytest.raises(BadImage, match="decompression bomb"):
         decode(path)
+
+
+def _jpeg(image: Image.Image, orientation: int = 1) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90, exif=exif.tobytes())
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+@pytest.mark.parametrize("grey", [False, True])
+@pytest.mark.parametrize("min_side", [0, 224, 100])
+def test_opencvs_reduced_decode_gives_pillows_draft_pixels_upright(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, orientation: int, grey: bool, min_side: int
+) -> None:
+    import imgsearch.files as files
+
+    photo = sample("astronaut").resize((900, 700))
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(_jpeg(photo.convert("L") if grey else photo, orientation))
+    fast = decode(path, min_side, with_facts=True)
+    monkeypatch.setattr(files, "_opencv_jpeg", lambda *args: None)  # Pillow alone
+    slow = decode(path, min_side, with_facts=True)
+    assert fast.image.mode == slow.image.mode == "RGB"
+    assert (fast.width, fast.height) == (slow.width, slow.height)
+    np.testing.assert_array_equal(np.asarray(fast.image), np.asarray(slow.image))
+    assert fast.facts == slow.facts
+
+
+def test_a_truncated_or_cmyk_jpeg_is_left_to_pillow(tmp_path: Path) -> None:
+    photo = sample("coffee")
+    data = _jpeg(photo)
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadImage, match="truncated"):
+        decode(tmp_path / "cut.jpg", 224)
+    cmyk = tmp_path / "cmyk.jpg"
+    photo.convert("CMYK").save(cmyk, "JPEG")
+    assert decode(cmyk, 224).image.mode == "RGB"

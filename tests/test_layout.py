@@ -1,4 +1,4 @@
-"""The package's imports run one way, layer by layer, with no cycles (README: Layout)."""
+"""The package's imports run one way, layer by layer, with no cycles (docs/layout.md)."""
 
 from __future__ import annotations
 
@@ -26,13 +26,15 @@ LAYERS = [
         "baselines",
         "thumbnails",
         "copies",
+        "gpudecode",
+        "pipeline",
     },
-    {"indexer", "derived", "scoring"},
+    {"indexer", "derived", "scoring", "selection"},
     {"distributed", "vectors", "duplicates"},
     {"collection"},
     {"api"},
     {"report", "evaluate"},
-    {"web"},
+    {"web", "watch"},
     {"cli"},
 ]
 LAYER = {unit: number for number, units in enumerate(LAYERS) for unit in units}

@@ -125,6 +125,48 @@ def test_text_search_from_the_box(browser: WebDriver, server: str) -> None:
     assert not script_errors(browser)
 
 
+def test_filters_and_terms_through_the_routes(server: str) -> None:
+    status, raw = get(server, "/api/search/text?q=a%20cat&k=3")
+    assert status == 200
+    hits = json.loads(raw)["hits"]
+    assert all(h["taken"] and h["taken_from"] == "mtime" for h in hits)  # no EXIF: file time
+    status, raw = get(server, "/api/search/text?q=a%20cat&not=a%20cat&not=a%20cat&k=9")
+    names = [h["name"] for h in json.loads(raw)["hits"]]
+    assert status == 200 and names.index("chelsea.jpg") >= 7  # ranked down: cat minus 2 cats
+    status, raw = get(server, "/api/search/text?q=a%20cat&after=2999")
+    assert status == 400 and "no indexed photo fits" in json.loads(raw)["error"]
+    status, raw = get(server, "/api/search/text?q=a%20cat&before=soon")
+    assert status == 400 and "bad date for --before" in json.loads(raw)["error"]
+    photo = io.BytesIO()
+    sample("chelsea").save(photo, "JPEG", quality=85)
+    status, raw = get(server, "/api/search/image?k=3&q=a%20rocket", "POST", photo.getvalue())
+    answer = json.loads(raw)
+    assert status == 200 and answer["query"]["text"] == "a rocket"
+    status, raw = get(server, "/api/search/text?q=a%20cat&sort=date&min_score=-1&k=9")
+    taken = [h["taken"] for h in json.loads(raw)["hits"]]
+    assert status == 200 and taken == sorted(taken, reverse=True)
+
+
+def test_the_filters_row_goes_with_every_search(browser: WebDriver, server: str) -> None:
+    open_page(browser, server)
+    browser.execute_script("document.getElementById('after').value = '2999-01-01'")
+    box = browser.find_element("id", "text")
+    box.send_keys("a cup of coffee")
+    box.submit()
+    wait(browser, lambda d: d.find_element("id", "error").text, "the filter's answer")
+    assert "no indexed photo fits" in browser.find_element("id", "error").text
+    browser.execute_script("document.getElementById('after').value = ''")
+    browser.find_element("id", "newest").click()
+    browser.execute_script("window.location.hash = '#text=a%20cat%20'")
+    shown = results(browser, "the dated search")
+    assert shown
+    dates = browser.execute_script(
+        "return [...document.querySelectorAll('#results .taken')].map(e => e.textContent)"
+    )
+    assert dates and all(len(d) >= 10 and d[:4].isdigit() for d in dates)
+    assert not script_errors(browser)
+
+
 def test_a_dropped_photo_is_searched(browser: WebDriver, server: str, library: Path) -> None:
     with Index.open(library / ".imgsearch" / "index.db") as index:
         coffee = index.image_file(library / "coffee.jpg").id

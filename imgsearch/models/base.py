@@ -59,6 +59,9 @@ class Model(ABC):
     # A classifier backend: the text vectors of its classes ("a photo of a {class}"), numpy
     # (classes, text_dim), which ``ImageEmbeddings.class_probs`` weight. None: no classes.
     class_text_vectors: np.ndarray | None = None
+    # The number format its images run in: float32, or on a CPU that is faster with it
+    # bfloat16 or int8 (``precision.cpu_precision``), float16 on CUDA. Recorded in the index.
+    precision: str = "float32"
 
     @property
     def input_size(self) -> int:

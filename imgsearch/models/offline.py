@@ -26,6 +26,7 @@ from imgsearch.models.base import (
     cached_text_vectors,
     normalize,
 )
+from imgsearch.models.precision import cpu_precision, quantize_linear
 
 if TYPE_CHECKING:
     import torch
@@ -78,6 +79,15 @@ class OfflineModel(Model):
         # measured better than T=1 (benchmarks/tune_caption.py).
         self.temperature = temperature
         self.net = load_efficientnet_lite0(fuse=True).to(device).eval()
+        self.image_dtype = torch.float32
+        self.precision = "float32"
+        if device.type == "cpu":
+            precision = cpu_precision()
+            if precision == "bfloat16":
+                self.net = self.net.to(torch.bfloat16)
+                self.image_dtype, self.precision = torch.bfloat16, precision
+            elif precision == "int8" and quantize_linear(self.net, ["fc"]):
+                self.precision = precision  # the convolutions have no int8 kernels here
         text_dir = str(get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True)
         self.text_model = AutoModel.from_pretrained(text_dir, local_files_only=True)
@@ -90,7 +100,7 @@ class OfflineModel(Model):
         import torch
 
         with torch.inference_mode():
-            pixels = self.preprocess.normalize(pixels, self.device)
+            pixels = self.preprocess.normalize(pixels, self.device, self.image_dtype)
             features = self.net.forward_features(pixels)
             logits = self.net.classify(features).float()
             probs = (logits / self.temperature).softmax(dim=-1)

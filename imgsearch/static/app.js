@@ -67,6 +67,11 @@ function card(item, extra = {}) {
   name.title = item.path;
   line.append(name);
   caption.append(line);
+  if (item.taken) {
+    const when = el("div", "taken", item.taken.slice(0, 10) + (item.camera ? ` · ${item.camera}` : ""));
+    when.title = item.taken_from === "exif" ? `taken ${item.taken} (EXIF)` : `file time ${item.taken}`;
+    caption.append(when);
+  }
   if (item.shared) {
     const shared = el("div", "shared", "shares: " + sharedText(item.shared));
     shared.title = item.shared.join("; ");
@@ -82,6 +87,24 @@ function card(item, extra = {}) {
   return figure;
 }
 
+// The filters row: texts to rank down, a date range, newest first; sent with every search.
+function filterParams() {
+  const params = new URLSearchParams();
+  const not = $("not").value.trim();
+  if (not) params.append("not", not);
+  if ($("after").value) params.append("after", $("after").value);
+  if ($("before").value) params.append("before", $("before").value);
+  if ($("newest").checked) params.append("sort", "date");
+  return params;
+}
+
+function withFilters(url, extra = {}) {
+  const params = filterParams();
+  for (const [key, value] of Object.entries(extra)) if (value) params.append(key, value);
+  const query = params.toString();
+  return query ? url + (url.includes("?") ? "&" : "?") + query : url;
+}
+
 function showQuery(query, upload) {
   const box = $("query");
   box.replaceChildren();
@@ -94,7 +117,7 @@ function showQuery(query, upload) {
   img.alt = name;
   img.src = upload ? upload.preview : `/thumb/${query.id}`;
   const words = el("div");
-  words.append(el("div", "name", `Like ${name}`));
+  words.append(el("div", "name", query.text ? `Like ${name} and “${query.text}”` : `Like ${name}`));
   if (query.captions && query.captions.length) {
     words.append(el("p", "captions", "looks like: " + query.captions.join("; ")));
   }
@@ -133,10 +156,10 @@ function upload(file) {
     showError(`${file.name} is larger than the upload limit of ${uploadLimit / 2 ** 20} MB`);
     return;
   }
-  $("text").value = "";
   const type = file.type || "application/octet-stream";
+  // Words in the text box go with the photo: "like this photo, at night".
   search(
-    "/api/search/image",
+    withFilters("/api/search/image", { q: $("text").value.trim() }),
     { method: "POST", body: file, headers: { "Content-Type": type } },
     { name: file.name, preview: URL.createObjectURL(file) },
   );
@@ -228,10 +251,10 @@ function route() {
   if (hash.startsWith("text=")) {
     const text = hash.slice(5);
     $("text").value = text;
-    search(`/api/search/text?q=${encodeURIComponent(text)}`);
+    search(withFilters(`/api/search/text?q=${encodeURIComponent(text)}`));
   } else if (hash.startsWith("similar=")) {
     $("text").value = "";
-    search(`/api/similar/${encodeURIComponent(hash.slice(8))}`);
+    search(withFilters(`/api/similar/${encodeURIComponent(hash.slice(8))}`));
   }
 }
 

@@ -1,0 +1,228 @@
+"""GPU decoding's routing and fallback, on the CPU: which files nvJPEG may take, and that
+every other file still goes through the CPU path and comes out once, upright and checked.
+
+CI has no GPU and no torchvision: the device-side steps (turning, resizing, cropping, the
+hash thumbnail) are plain torch and run here on CPU tensors, with Pillow standing in for
+nvJPEG (``gpudecode.pil_decoder``). scripts/gpu_check.py checks the real decoder on a GPU.
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from imgsearch import gpudecode
+from imgsearch.files import (
+    OVER_LIMIT,
+    FileInfo,
+    Limits,
+    Preprocess,
+    file_hash,
+    load_pixels,
+    orientation_hashes,
+    walk,
+)
+from imgsearch.models.efficientnet import EFFICIENTNET_LITE0_PREPROCESS as PREPROCESS
+from tests.conftest import sample
+
+
+def jpeg(image: Image.Image, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90, **options)
+    return out.getvalue()
+
+
+def oriented(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "test-camera"
+    return jpeg(image, exif=exif.tobytes())
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    """One of each kind the router tells apart."""
+    photo = sample("astronaut").resize((640, 480))
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "baseline.jpg").write_bytes(jpeg(photo))
+    (folder / "grey.jpg").write_bytes(jpeg(photo.convert("L")))
+    (folder / "turned.jpg").write_bytes(oriented(sample("chelsea").resize((600, 400)), 6))
+    photo.save(folder / "lossless.png")
+    (folder / "progressive.jpg").write_bytes(jpeg(photo, progressive=True))
+    (folder / "cmyk.jpg").write_bytes(jpeg(photo.convert("CMYK")))
+    (folder / "broken.jpg").write_bytes(jpeg(photo)[:3000])  # a truncated file
+    (folder / "garbage.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "huge.jpg").write_bytes(jpeg(photo.resize((3000, 2000))))
+    return folder
+
+
+LIMITS = Limits(max_pixels=2_000_000)  # huge.jpg (6 MP) is over it at full size
+
+
+def opened(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))
+
+
+def test_the_router_sends_only_baseline_rgb_and_grey_jpegs_within_the_limits(mixed: Path):
+    def why(name: str) -> str | None:
+        return gpudecode.route(opened((mixed / name).read_bytes()), LIMITS)
+
+    assert why("baseline.jpg") is None and why("grey.jpg") is None and why("turned.jpg") is None
+    assert why("lossless.png") == "not a JPEG (PNG)"
+    assert why("progressive.jpg") == "a progressive JPEG"
+    assert why("cmyk.jpg") == "a CMYK JPEG"
+    assert why("huge.jpg").startswith(OVER_LIMIT)
+    assert gpudecode.route(opened((mixed / "huge.jpg").read_bytes())) is None  # default limits
+    thin = jpeg(sample("coffee").resize((2000, 20)))
+    assert gpudecode.route(opened(thin), LIMITS).startswith(OVER_LIMIT)  # the aspect limit
+
+
+def run_mixed(folder: Path, decode=gpudecode.pil_decoder, preprocess=PREPROCESS):
+    files = sorted(walk(folder), key=lambda f: f.path)
+    with ThreadPoolExecutor(2) as cpu:
+        mixed = gpudecode.MixedDecoder(
+            folder, files, preprocess, cpu, decode, LIMITS, batch_size=3, chunk=2
+        )
+        out = dict((info.path, pixels) for info, pixels in mixed)
+    return files, out, mixed
+
+
+def test_every_file_comes_out_once_the_refused_ones_through_the_cpu_path(mixed: Path):
+    files, out, decoder = run_mixed(mixed)
+    assert sorted(out) == sorted(f.path for f in files)
+    assert decoder.counts["cpu"] + decoder.counts["gpu"] == len(files)
+    cpu = {f.path: load_pixels(mixed / f.path, PREPROCESS, LIMITS) for f in files}
+    for path, pixels in out.items():
+        expected = cpu[path]
+        assert pixels.error == expected.error, path
+        assert pixels.hash == expected.hash, path
+        if expected.error:
+            continue
+        assert pixels.hash == file_hash((mixed / path).read_bytes())
+        assert (pixels.width, pixels.height) == (expected.width, expected.height), path
+        array = np.asarray(pixels.array)
+        assert array.shape == (224, 224, 3) and array.dtype == np.uint8
+        # GPU-side resizing from the full size, the CPU's from a reduced decode: close.
+        gap = np.abs(array.astype(int) - expected.array.astype(int)).mean()
+        assert gap < 4, (path, gap)
+        facts, want = pixels.facts, expected.facts
+        assert facts is not None and want is not None
+        assert (facts.format, facts.orientation, facts.make, facts.quality) == (
+            want.format,
+            want.orientation,
+            want.make,
+            want.quality,
+        )
+        # Hashes from the device's 32x32 thumbnail: nearly the CPU path's (a few bits).
+        got, expected_hashes = (np.frombuffer(h, np.uint8) for h in (facts.hashes, want.hashes))
+        bits = np.unpackbits(got ^ expected_hashes)
+        assert len(facts.hashes) == 64 and bits.sum() <= 8 * 6, (path, bits.sum())
+    assert out["broken.jpg"].error.startswith("corrupt image")
+    assert out["garbage.jpg"].error == "not an image"
+    # Over the limit at full size, so not for the GPU; the CPU path's reduced decode is
+    # within it (6 MP at 1/4 scale).
+    assert not out["huge.jpg"].error and isinstance(out["huge.jpg"].array, np.ndarray)
+    # Either side may take a file the GPU can decode (whichever has room first); the rest
+    # only ever come out of the CPU path.
+    on_gpu = {p for p, px in out.items() if isinstance(px.array, torch.Tensor)}
+    assert on_gpu <= {"baseline.jpg", "grey.jpg", "turned.jpg"}
+    headers = {f.path: gpudecode.read_header(f, mixed, LIMITS) for f in files}
+    # A truncated JPEG has a good header: the decoder refuses it, then the CPU path says why.
+    assert {p for p, h in headers.items() if isinstance(h, gpudecode.Header)} == {
+        "baseline.jpg",
+        "grey.jpg",
+        "turned.jpg",
+        "broken.jpg",
+    }
+    assert gpudecode.pil_decoder([headers["broken.jpg"].data]) == [None]
+
+
+def test_exif_orientation_is_applied_on_the_device(mixed: Path):
+    _, out, _ = run_mixed(mixed)
+    turned = out["turned.jpg"]
+    assert (turned.width, turned.height) == (400, 600)  # upright: taller than wide
+    assert turned.facts is not None and turned.facts.orientation == 6
+    upright = ImageOps.exif_transpose(Image.open(mixed / "turned.jpg")).convert("RGB")
+    want = PREPROCESS(upright)
+    assert np.abs(np.asarray(turned.array).astype(int) - want.astype(int)).mean() < 4
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_upright_turns_as_pil_does(orientation: int):
+    image = Image.fromarray(np.arange(3 * 5 * 3, dtype=np.uint8).reshape(3, 5, 3))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    reopened = opened(jpeg(image, exif=exif.tobytes()))
+    want = np.asarray(ImageOps.exif_transpose(reopened).convert("RGB"))
+    tensor = torch.from_numpy(np.array(reopened.convert("RGB"))).permute(2, 0, 1)
+    got = gpudecode.upright(tensor, orientation).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_decoder_that_refuses_files_sends_them_to_the_cpu_path(mixed: Path):
+    def refuses_all(blobs: list[bytes]) -> list:
+        return [None] * len(blobs)
+
+    files, out, decoder = run_mixed(mixed, refuses_all)
+    assert decoder.counts["gpu"] == 0 and decoder.counts["cpu"] == len(files)
+    assert not out["baseline.jpg"].error and isinstance(out["baseline.jpg"].array, np.ndarray)
+
+
+def test_a_decoder_error_reaches_the_consumer(mixed: Path):
+    def fails(blobs: list[bytes]) -> list:
+        raise MemoryError("out of device memory")
+
+    with pytest.raises(MemoryError, match="device memory"):
+        run_mixed(mixed, fails)
+
+
+def test_batched_hashes_are_the_cpu_paths_hashes():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (5, 32, 32), dtype=np.uint8)
+    small[1] = np.asarray(sample("coffee").convert("L").resize((32, 32)))
+    got = gpudecode.batch_hashes(small)
+    want = [orientation_hashes(Image.fromarray(s, "L")) for s in small]
+    assert got == want
+
+
+def test_resize_and_crop_match_preprocess_and_stretch():
+    photo = sample("rocket")  # 427x640
+    array = torch.from_numpy(np.asarray(photo)).permute(2, 0, 1)
+    stretched = Preprocess(224, 224, (0.5,) * 3, (0.5,) * 3, stretch=True)
+    for preprocess in (PREPROCESS, stretched):
+        got = gpudecode.resize_crop(array, preprocess).numpy()
+        want = preprocess(photo)
+        assert got.shape == want.shape
+        assert np.abs(got.astype(int) - want.astype(int)).mean() < 1.5
+
+
+def test_no_torchvision_or_no_cuda_means_no_gpu_decoder():
+    assert gpudecode.nvjpeg_decoder(torch.device("cpu")) is None
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        assert gpudecode.nvjpeg_decoder(torch.device("cuda")) is None
+
+
+def test_the_gpu_paths_pixels_embed_like_the_cpu_paths(mixed: Path, tiny_clip: Path):
+    """A batch of device tensors (here CPU tensors) goes through the model as arrays do."""
+    from imgsearch.indexer import Loaded, stack_pixels
+    from imgsearch.models import load_model
+
+    model = load_model(str(tiny_clip), torch.device("cpu"))
+    _, out, _ = run_mixed(mixed, preprocess=model.preprocess)
+    good = [FileInfo(p, 0, 0) for p in ("baseline.jpg", "grey.jpg", "turned.jpg")]
+    items = [Loaded(f, out[f.path]) for f in good]
+    batch = stack_pixels(items, model)
+    assert isinstance(batch, torch.Tensor) and batch.shape[0] == 3
+    cpu_items = [Loaded(f, load_pixels(mixed / f.path, model.preprocess, LIMITS)) for f in good]
+    a = model.encode_images(batch).image
+    b = model.encode_images(stack_pixels(cpu_items, model)).image
+    assert (a * b).sum(axis=1).min() > 0.99
