@@ -237,16 +237,34 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def query_model(name: str, files: list[Path] | None, load_torch) -> Model:  # noqa: ANN001
-    """The model one query of ``name`` (read from ``files``) runs: its export (made now,
-    from the torch model, if there is none yet), else the torch model ``load_torch()``
-    gives."""
+    """The model one query of ``name`` (read from ``files``) runs: its export (made now if
+    there is none yet, from the float32 CPU model ``load_torch()`` gives), else that model."""
     missing = runtime_missing()
     if missing is not None:
         note(f"{missing}: queries load the model with torch, which takes seconds")
         return load_torch()
+    loaded: list[Model] = []
+
+    def reference() -> Model:
+        loaded.append(load_torch())
+        return loaded[-1]
+
+    exported = prepare(name, files, reference)
+    if exported is not None:
+        return exported
+    return loaded[-1] if loaded else load_torch()
+
+
+def prepare(name: str, files: list[Path] | None, reference) -> OnnxModel | None:  # noqa: ANN001
+    """The export of ``name`` (read from ``files``): read back, or made now from the float32
+    CPU model ``reference()`` gives (loaded only then) unless an earlier try failed. None
+    where the model cannot be exported here (said once, and remembered beside the export's
+    folder), or where onnxruntime is missing."""
+    if runtime_missing() is not None:
+        return None
     folder = export_folder(name, files)
     if folder is None:
-        return load_torch()  # not on this machine: the torch path says what is wrong
+        return None  # not on this machine: the torch path says what is wrong
     if (folder / MANIFEST).is_file():
         try:
             return OnnxModel(folder)
@@ -254,30 +272,10 @@ def query_model(name: str, files: list[Path] | None, load_torch) -> Model:  # no
             shutil.rmtree(folder, ignore_errors=True)
             note(f"the ONNX export in {folder} cannot be read ({exc}); making it again")
     if failure_file(folder).exists():
-        return load_torch()  # said when the export failed
-    model = load_torch()
-    exported = prepare(model, files)
-    return exported if exported is not None else model
-
-
-def prepare(model: Model, files: list[Path] | None) -> OnnxModel | None:
-    """Export ``model`` (read from ``files``) for queries unless that is done (or failed)
-    already; the export, or None where the model cannot be exported here (said once, and
-    remembered)."""
-    if runtime_missing() is not None:
-        return None
-    folder = export_folder(model.name, files)
-    if folder is None:
-        return None
-    if (folder / MANIFEST).is_file():
-        try:
-            return OnnxModel(folder)
-        except Exception:  # noqa: BLE001 - damaged: made again below
-            shutil.rmtree(folder, ignore_errors=True)
-    if failure_file(folder).exists():
-        return None
-    if str(getattr(model, "device", "cpu")) != "cpu":
-        return None  # exported from a CPU model, by the first query that needs it
+        return None  # said when the export failed
+    model = reference()
+    if str(getattr(model, "device", "cpu")) != "cpu" or model.precision != "float32":
+        return None  # made from, and checked against, a float32 model on the CPU only
     start = time.perf_counter()
     try:
         export(model, folder)
@@ -287,15 +285,9 @@ def prepare(model: Model, files: list[Path] | None) -> OnnxModel | None:
         with contextlib.suppress(OSError):
             failure_file(folder).parent.mkdir(parents=True, exist_ok=True)
             failure_file(folder).write_text(reason + "\n", "utf-8")
-        note(
-            f"queries of {model.name} load torch, which takes seconds: it has no ONNX "
-            f"export ({reason})"
-        )
+        note(f"queries of {name} load torch, which takes seconds: it has no ONNX export ({reason})")
         return None
-    note(
-        f"made {model.name}'s query model (ONNX, once per model) in "
-        f"{time.perf_counter() - start:.1f} s"
-    )
+    note(f"made {name}'s query model (ONNX, once per model) in {time.perf_counter() - start:.1f} s")
     return exported
 
 
