@@ -10,11 +10,12 @@ is the whole run). Then runs, each in a fresh process as a user would, several t
 * `query PHOTO` with a photo from outside the index: the image tower (ONNX, no torch).
 
 The first run of each is reported apart (it may build a search index or an export); the
-figure is the median of the later runs. ``--torch`` adds the same queries with onnxruntime
-hidden, so that they load torch and transformers as every such query did before.
+figure is the median of the later runs, with the median CPU seconds each used (about the
+time on idle cores, where other work shares them). ``--torch`` adds the same queries with
+onnxruntime hidden, so that they load torch and transformers as every such query did before.
 
     python benchmarks/query_cli_speed.py                  # 10^4 photos, 5 runs each
-    python benchmarks/query_cli_speed.py --images 100000  # the indexed-photo query at 10^5
+    python benchmarks/query_cli_speed.py --torch --runs 7  # and the torch path, 7 runs
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -81,9 +83,15 @@ def make_photos(folder: Path, count: int, seed: int = 0) -> None:
         photo.save(path, quality=85)
 
 
-def cli(*args: str, mode: str = "onnx") -> tuple[float, subprocess.CompletedProcess]:
-    """Seconds from starting a fresh process to its exit (the result printed)."""
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def cli(*args: str, mode: str = "onnx") -> tuple[float, float, subprocess.CompletedProcess]:
+    """Seconds from starting a fresh process to its exit (the result printed), and the CPU
+    seconds it used: about what it takes on idle cores, where others' work shares them."""
+    cpu, start = cpu_seconds(), time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", CHILD, mode, *args],
         capture_output=True,
@@ -93,7 +101,7 @@ def cli(*args: str, mode: str = "onnx") -> tuple[float, subprocess.CompletedProc
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"imgsearch {' '.join(args)} failed:\n{done.stderr}")
-    return seconds, done
+    return seconds, cpu_seconds() - cpu, done
 
 
 def build(folder: Path, images: int) -> tuple[Path, float | None]:
@@ -102,31 +110,34 @@ def build(folder: Path, images: int) -> tuple[Path, float | None]:
     photos = folder / "photos"
     db = photos / ".imgsearch" / "index.db"
     if db.exists():
-        done = cli("status", "--db", str(db), "--json")[1]
+        done = cli("status", "--db", str(db), "--json")[2]
         if json.loads(done.stdout)["images"] == images:
             return db, None
         for stale in db.parent.glob("index.db*"):
             stale.unlink()
     make_photos(photos, images)
-    _, done = cli("index", str(photos), "--model", "offline", "-q", "--json")
+    done = cli("index", str(photos), "--model", "offline", "-q", "--json")[2]
     return db, json.loads(done.stdout)["seconds"]
 
 
 def timed(args: list[str], runs: int, mode: str, quiet: float) -> dict:
-    def once() -> float:
+    def once() -> tuple[float, float]:
         if quiet:
             wait_until_quiet(quiet)
-        seconds, done = cli(*args, mode=mode)
+        seconds, cpu, done = cli(*args, mode=mode)
         assert len(done.stdout.strip().splitlines()) == 10, done.stdout + done.stderr
-        return seconds
+        return seconds, cpu
 
-    first = once()
-    later = sorted(once() for _ in range(runs))
+    first = once()[0]
+    timings = [once() for _ in range(runs)]
+    later = sorted(t for t, _ in timings)
+    cpu = sorted(c for _, c in timings)
     return {
         "first_s": round(first, 3),
         "median_s": round(later[len(later) // 2], 3),
         "min_s": round(later[0], 3),
         "max_s": round(later[-1], 3),
+        "cpu_s": round(cpu[len(cpu) // 2], 3),
         "runs": runs,
     }
 
@@ -180,11 +191,13 @@ def main() -> None:
     print(f"machine: {report['machine']}")
     if index_s is not None:
         print(f"index (offline model, first run, summary time): {index_s:.1f} s")
-    print(f"{'query':<22} {'first_s':>8} {'median_s':>9} {'min_s':>7} {'max_s':>7}  runs")
+    print(
+        f"{'query':<22} {'first_s':>8} {'median_s':>9} {'min_s':>7} {'max_s':>7} {'cpu_s':>6}  runs"
+    )
     for name, r in results.items():
         print(
             f"{name:<22} {r['first_s']:>8.3f} {r['median_s']:>9.3f} {r['min_s']:>7.3f} "
-            f"{r['max_s']:>7.3f}  {r['runs']}"
+            f"{r['max_s']:>7.3f} {r['cpu_s']:>6.3f}  {r['runs']}"
         )
 
 
