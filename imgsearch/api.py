@@ -125,7 +125,7 @@ class Index:
             lambda: self.embedding.bank,
             self.settings,
             self.hybrid_alpha,
-            lambda: self.derived.means(self.bank.vectors.shape[1]),
+            lambda: self.derived.means(lambda: self.bank.vectors.shape[1]),
             concepts=self.settings.concepts > 0 and backend(self.model_name).class_probs,
         )
         self.vectors = Vectors(store, self.derived, self.scoring, self.meta)
@@ -378,7 +378,7 @@ class Index:
         """How sure the model is of what the photos show, on average (its top class
         probability; None without classes): where it is below ``config.COVERAGE_LOW``,
         captions describe the collection loosely and image vectors may rank better."""
-        value = self.store.average("class_confidence")
+        value = self.derived.coverage()
         return None if value is None else round(value, 4)
 
     def captions(self, image: ImageInput) -> list[Caption]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import logging
 import os
@@ -214,6 +216,9 @@ class Group(click.Group):
 @click.version_option(package_name="imgsearch")
 def main() -> None:
     """Find similar images through the captions a vision-language model picks for them."""
+    # At exit, skip the interpreter's last collections over every object (the process is
+    # ending): they took 0.3-0.5 s of a 2 s query on a busy 2-core machine.
+    atexit.register(gc.freeze)
 
 
 @main.command()

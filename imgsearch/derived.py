@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import zipfile
 from collections.abc import Callable
@@ -31,6 +32,8 @@ T = TypeVar("T")
 
 # The vector columns whose collection means are kept (``{name}_vector``).
 MEANS = ("caption", "image", "concept")
+# Kept with them: the mean class confidence (``Index.coverage``), NaN where none has one.
+CONFIDENCE = "class_confidence"
 
 
 class Derived:
@@ -107,18 +110,34 @@ class Derived:
             return None
         return IndexedFile(state.id, path, state.hash, state.size, state.mtime_ns)
 
-    def means(self, caption_dim: int) -> dict[str, np.ndarray]:
+    def means(self, caption_dim: int | Callable[[], int]) -> dict[str, np.ndarray]:
         """The collection's mean caption, image and concept vectors (zeros while it has
-        none; the concept mean is over the images that have a concept bag)."""
+        none; the concept mean is over the images that have a concept bag). ``caption_dim``
+        may be a function: asked only for an empty collection's zeros (it may load the
+        caption bank, which a query of an indexed photo need not read)."""
         return self.memo("means", lambda: self._load_means(caption_dim))
 
-    def _load_means(self, caption_dim: int) -> dict[str, np.ndarray]:
+    def coverage(self) -> float | None:
+        """The images' mean class confidence (None: none has one), kept in the means file:
+        on a query, the average over a large database's rows took 0.4 s."""
+
+        def read() -> float | None:
+            saved = _read_means(self.path("means.npz"), self.stamp())
+            if saved is None:
+                return self.store.average("class_confidence")
+            value = float(saved[CONFIDENCE][0])
+            return None if math.isnan(value) else value
+
+        return self.memo("coverage", read)
+
+    def _load_means(self, caption_dim: int | Callable[[], int]) -> dict[str, np.ndarray]:
         stamp = self.stamp()
         path = self.path("means.npz")
         saved = _read_means(path, stamp)
         if saved is not None:
             return saved
-        means = {}
+        confidence = self.store.average("class_confidence")
+        means = {CONFIDENCE: np.array([math.nan if confidence is None else confidence])}
         for name in MEANS:
             # A page at a time, summed row by row: numpy's own order for a column mean, so
             # the same float32 result without holding every vector.
@@ -127,8 +146,12 @@ class Derived:
             for ids, (stored,) in chunks:
                 rows = stored if total is None else np.vstack([total[None], stored])
                 total, count = np.add.reduce(rows, axis=0), count + len(ids)
-            dim = caption_dim if name == "caption" else 1
-            mean = total / np.float32(count) if count else np.zeros(dim)
+            if count:
+                mean = total / np.float32(count)
+            elif name == "caption":
+                mean = np.zeros(caption_dim() if callable(caption_dim) else caption_dim)
+            else:
+                mean = np.zeros(1)
             means[name] = mean.astype(np.float32)
         with contextlib.suppress(OSError):
             temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
@@ -182,7 +205,7 @@ def _read_means(path: Path, stamp: str) -> dict[str, np.ndarray] | None:
         with np.load(io.BytesIO(data)) as saved:
             if str(saved["stamp"]) != stamp:
                 return None
-            means = {name: saved[name] for name in MEANS}
+            means = {name: saved[name] for name in (*MEANS, CONFIDENCE)}
             digest = str(saved["digest"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None

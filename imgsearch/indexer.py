@@ -14,6 +14,9 @@ the same ``describe_pixels`` as every indexed one.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import multiprocessing
 import os
 import re
@@ -22,6 +25,7 @@ import stat
 import sys
 import threading
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -421,13 +425,19 @@ class ConceptBridge:
         caption_vectors: np.ndarray,
         temperature: float = CONCEPT_TEMPERATURE,
         kernel: float = CONCEPT_KERNEL,
+        saved: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
     ):
-        cosines = np.asarray(class_vectors, np.float64) @ np.asarray(caption_vectors, np.float64).T
-        self.kernel = np.exp((cosines - 1.0) / kernel).astype(np.float32)  # (classes, captions)
         self.temperature = temperature
-        ids: dict[str, int] = {}
-        self.concept = np.array([ids.setdefault(concept_name(t), len(ids)) for t in texts])
-        self.names = list(ids)
+        if saved is not None:  # (kernel, concept, names) as ``cached_bridge`` keeps them
+            self.kernel, self.concept, self.names = saved
+        else:
+            cosines = (
+                np.asarray(class_vectors, np.float64) @ np.asarray(caption_vectors, np.float64).T
+            )
+            self.kernel = np.exp((cosines - 1.0) / kernel).astype(np.float32)  # (classes, caps)
+            ids: dict[str, int] = {}
+            self.concept = np.array([ids.setdefault(concept_name(t), len(ids)) for t in texts])
+            self.names = list(ids)
         # Captions ordered by concept, and where each concept's run starts: one reduceat
         # takes every concept's best caption.
         self._order = np.argsort(self.concept, kind="stable")
@@ -472,8 +482,42 @@ def concept_bridge(model: Model, bank: CaptionBank) -> ConceptBridge | None:
     if key not in _BRIDGES:
         if len(_BRIDGES) >= 4:
             _BRIDGES.clear()
-        _BRIDGES[key] = ConceptBridge(classes, bank.texts, bank.vectors)
+        _BRIDGES[key] = cached_bridge(classes, bank.texts, bank.vectors)
     return _BRIDGES[key]
+
+
+# Bump when what a bridge is made of changes (concept_name, the kernel): saved ones are stale.
+BRIDGE_VERSION = 1
+
+
+def cached_bridge(classes: np.ndarray, texts: list[str], vectors: np.ndarray) -> ConceptBridge:
+    """The bridge of these class and caption vectors, kept in the user cache: making it
+    (a float64 product of 1000 x 6,197 cosines, and every caption's concept) took 0.8-1.5 s
+    of each query photo from outside the index on a busy 2-core machine; reading it back
+    takes a few tens of ms."""
+    from imgsearch.config import cache_dir
+
+    digest = hashlib.sha256(
+        json.dumps([BRIDGE_VERSION, CONCEPT_TEMPERATURE, CONCEPT_KERNEL, texts]).encode()
+    )
+    digest.update(np.ascontiguousarray(classes, np.float32).tobytes())
+    digest.update(np.ascontiguousarray(vectors, np.float32).tobytes())
+    path = cache_dir() / f"bridge-{digest.hexdigest()[:32]}.npz"
+    try:
+        with np.load(path) as saved:
+            kernel, concept, names = saved["kernel"], saved["concept"], saved["names"].tolist()
+        if kernel.shape == (len(classes), len(texts)) and concept.shape == (len(texts),):
+            return ConceptBridge(classes, texts, vectors, saved=(kernel, concept, names))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass
+    bridge = ConceptBridge(classes, texts, vectors)
+    with contextlib.suppress(OSError):  # a read-only cache only costs time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
+        names = np.array(bridge.names, dtype=str)
+        np.savez(tmp, kernel=bridge.kernel, concept=bridge.concept, names=names)
+        os.replace(tmp, path)
+    return bridge
 
 
 def describe_pixels(

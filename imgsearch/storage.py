@@ -504,10 +504,18 @@ class Store:
 
     # --- images -------------------------------------------------------------
 
-    def file_states(self) -> dict[str, FileState]:
+    def file_states(self, ids: Iterable[int] | None = None) -> dict[str, FileState]:
+        """Every indexed file's state by path (only those of ``ids`` when given)."""
         t = images_table
+        query = sa.select(t.c.path, t.c.id, t.c.size, t.c.mtime_ns, t.c.hash)
+        wanted = None if ids is None else [int(i) for i in ids]
+        rows = []
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t.c.path, t.c.id, t.c.size, t.c.mtime_ns, t.c.hash)).all()
+            if wanted is None:
+                rows = conn.execute(query).all()
+            for start in range(0, len(wanted or ()), 500):
+                chunk = wanted[start : start + 500]
+                rows += conn.execute(query.where(t.c.id.in_(chunk))).all()
         return {r[0]: FileState(r[1], r[2], r[3], r[4]) for r in rows}
 
     def count(self) -> int:

@@ -245,3 +245,19 @@ def test_a_damaged_export_is_made_again(tiny_clip: Path, tmp_path: Path, monkeyp
     assert isinstance(again, onnx_runtime.OnnxModel) and again.folder == first.folder
     assert "cannot be read" in capsys.readouterr().err
     np.testing.assert_allclose(again.encode_texts(TEXTS), first.encode_texts(TEXTS), atol=1e-6)
+
+
+def test_an_int8_indexing_model_is_exported_from_a_float32_copy(
+    tiny_clip: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Where the CPU runs images faster in int8, the indexing run's model is int8; queries
+    run float32 (the export, or torch without one), made from and checked against float32."""
+    monkeypatch.setenv("IMGSEARCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("IMGSEARCH_PRECISION", "int8")
+    indexing = load_model(str(tiny_clip), torch.device("cpu"))
+    assert indexing.precision == "int8"
+    exported = prepare_queries(indexing)
+    assert isinstance(exported, onnx_runtime.OnnxModel)
+    assert os.environ["IMGSEARCH_PRECISION"] == "int8"  # left as it was
+    monkeypatch.setenv("IMGSEARCH_PRECISION", "float32")
+    assert_same_vectors(exported, load_model(str(tiny_clip), torch.device("cpu")))

@@ -112,23 +112,48 @@ def load_query_model(name: str, device: str | None = None) -> Model:
     """The model one query of an index made with ``name`` runs: on the CPU (``device``
     auto or cpu), its ONNX export run by ONNX Runtime on one thread, which starts without
     importing torch or transformers (``onnx_runtime``); on a device asked for, or where the
-    model cannot be exported, the torch model."""
+    model cannot be exported, the torch model (float32 on the CPU, as the export is)."""
     if device not in (None, "auto", "cpu"):
         return load_model(name, pick_device(device))
     from imgsearch.models import onnx_runtime
 
     name = model_id(name)
-    files = _files(name)
-    return onnx_runtime.query_model(name, files, lambda: load_model(name, pick_device("cpu")))
+    return onnx_runtime.query_model(name, _files(name), lambda: reference_model(name))
 
 
 def prepare_queries(model: Model) -> Model | None:
-    """Export a loaded model for queries (once per model and weights), so that the first
-    query after an indexing run starts at once too; a no-op when that is done already.
-    Returns the export, or None where the model has none."""
+    """Export an indexing run's model for queries (once per model and weights), so that the
+    first query after the run starts at once too; a no-op when that is done already.
+    Exported from the model itself where it runs float32 on the CPU, else from a float32
+    CPU copy. Returns the export, or None where the model has none."""
     from imgsearch.models import onnx_runtime
 
-    return onnx_runtime.prepare(model, _files(model.name))
+    def reference() -> Model:
+        cpu = str(getattr(model, "device", "cpu")) == "cpu"
+        if cpu and getattr(model, "precision", "float32") == "float32":
+            return model
+        return reference_model(model.name)
+
+    return onnx_runtime.prepare(model.name, _files(model.name), reference)
+
+
+def reference_model(name: str) -> Model:
+    """``name`` in float32 on the CPU, whatever this CPU could run faster (int8, bfloat16):
+    what an ONNX export is made from and checked against, and what a query without one
+    runs, so that a query's vectors are the same on both paths."""
+    import torch
+
+    from imgsearch.models.precision import ENV
+
+    before = os.environ.get(ENV)
+    os.environ[ENV] = "float32"
+    try:
+        return load_model(name, torch.device("cpu"))
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
 
 
 def _files(name: str) -> list[Path] | None:
