@@ -14,6 +14,7 @@ the same ``describe_pixels`` as every indexed one.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import re
@@ -658,6 +659,10 @@ def local_runner(
         decoded, mixed = _decoding(
             root, files, embedding, loading, chosen, batch_size, limits, gpu_decode
         )
+        # The first decoded photo is waited for here, while the model loads on its thread:
+        # the decoders have started, and keep the first batch coming meanwhile.
+        first = next(decoded, None)
+        decoded = itertools.chain([] if first is None else [first], decoded)
         model = loading.result()
         bank, settings = embedding.bank, embedding.settings
         threads = 1 if model.device.type == "cpu" else None  # see CaptionBank.top
@@ -886,6 +891,11 @@ class Embedding:
     @property
     def loaded(self) -> bool:
         return self._model is not None
+
+    @property
+    def precision(self) -> str | None:
+        """The number format the loaded model's images run in; None before it is loaded."""
+        return None if self._model is None else self._model.precision
 
     @property
     def model(self) -> Model:

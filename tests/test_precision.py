@@ -81,6 +81,7 @@ def test_a_cpu_without_support_keeps_float32_and_the_index_records_it(
         assert "precision" not in index.store.meta()  # none recorded: float32, as before
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
     with Index.create(folder, tmp_path / "fast.db", str(tiny_clip), small_bank) as index:
+        index.add()  # the bank was cached: the model loads in the run, not in create
         assert index.model.precision == "int8"
         assert index.store.meta()["precision"] == "int8"
     with Index.open(tmp_path / "plain.db") as index:  # a later run records its own

@@ -124,8 +124,14 @@ def _load(name: str, device: torch.device) -> Model:
 
 
 def _quiet_transformers() -> None:
-    """Library chatter would drown the one line of stderr the user needs."""
+    """Library chatter would drown the one line of stderr the user needs. Told through its
+    environment where transformers is not loaded yet: a model that never needs it (the
+    offline one with its bank cached) then never pays the second it takes to import."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "transformers" not in sys.modules:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        return
     try:
         from transformers.utils import logging
 

