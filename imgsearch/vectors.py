@@ -71,7 +71,14 @@ class Vectors:
         a = rng.integers(0, len(chosen), config.CALIBRATE_PAIRS)
         b = rng.integers(0, len(chosen), config.CALIBRATE_PAIRS)
         a, b = a[a != b], b[a != b]
-        return round(scorer.calibrate(np.einsum("ij,ij->i", vectors[a], vectors[b])), 4)
+        # A few thousand pairs at a time: the same scores, bit for bit, but two 100,000-row
+        # gathers at once took 1.6 s a method (of an add() of 64 photos, half the time).
+        step = 4096
+        scores = [
+            np.einsum("ij,ij->i", vectors[a[i : i + step]], vectors[b[i : i + step]])
+            for i in range(0, len(a), step)
+        ]
+        return round(scorer.calibrate(np.concatenate(scores)), 4)
 
     # --- the search index ---------------------------------------------------
 
