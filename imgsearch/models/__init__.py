@@ -17,7 +17,7 @@ from imgsearch.models import clip, offline, siglip
 from imgsearch.models.base import Backend, ImageEmbeddings, Model, normalize
 from imgsearch.models.clip import DEFAULT_CLIP
 from imgsearch.models.offline import OFFLINE
-from imgsearch.models.precision import cpu_precision
+from imgsearch.models.precision import cpu_precision, forced_precision
 
 if TYPE_CHECKING:
     import torch
@@ -117,7 +117,9 @@ _loaded: dict[tuple[str, str], Model] = {}
 
 def _load(name: str, device: torch.device) -> Model:
     """Load once per process: models are only read, and loading takes seconds."""
-    key = (name, str(device), cpu_precision() if device.type == "cpu" else "")
+    # The precision asked for is part of the key: a test or benchmark forcing one gets it.
+    asked = (cpu_precision(), forced_precision()) if device.type == "cpu" else ()
+    key = (name, str(device), *asked)
     if key not in _loaded:
         _loaded[key] = backend(name).load(name, device)
     return _loaded[key]

@@ -26,7 +26,7 @@ from imgsearch.models.base import (
     cached_text_vectors,
     normalize,
 )
-from imgsearch.models.precision import cpu_precision, quantize_linear
+from imgsearch.models.precision import forced_precision, quantize_linear
 
 if TYPE_CHECKING:
     import torch
@@ -62,8 +62,9 @@ class OfflineModel(Model):
         self.net = load_efficientnet_lite0(fuse=True).to(device).eval()
         self.image_dtype = torch.float32
         self.precision = "float32"
-        if device.type == "cpu":
-            precision = cpu_precision()
+        # Reduced precision only when forced (IMGSEARCH_PRECISION): see models.precision.
+        precision = forced_precision() if device.type == "cpu" else None
+        if precision is not None:
             if precision == "bfloat16":
                 self.net = self.net.to(torch.bfloat16)
                 self.image_dtype, self.precision = torch.bfloat16, precision
