@@ -3,30 +3,38 @@
 One command, re-runnable::
 
     python benchmarks/index_speed.py --model clip --images 64
+    python benchmarks/index_speed.py --model clip --images 64 --size 640x480
     python benchmarks/index_speed.py --model offline --images 64 --json
+    python benchmarks/index_speed.py --model clip-l14 --device cuda --size 640x480 --no-naive
 
-Four throughputs come from one process and one loaded model, so they can be compared:
+Every throughput comes from one process and one loaded model, so they can be compared:
 
 * ``model_alone``: preprocessed tensors already in memory, batched through ``encode_images``.
-  No pipeline can beat it.
-* ``decode_alone``: files to model-ready tensors with the indexer's own decode workers
-  (draft-mode JPEG decode + preprocess), nothing else running. The other ceiling.
+* ``decode_alone``: files to model-ready tensors with the indexer's own decode stage
+  (reduced-size JPEG decode + preprocess in its workers; on CUDA with torchvision, nvJPEG
+  beside them, as the indexer does; ``decode_cpu_alone`` is then the workers alone).
+* ``caption_alone``: the caption-bank search and combining over the model's outputs, on the
+  model's device as the indexer does it.
+* ``write_alone``: storing every batch's records, one transaction each, in a fresh database.
 * ``naive``: what a short script would do: full-size Pillow decode, the transformers image
-  processor, batch, model, all in one thread.
+  processor, batch, model, all in one thread (``--no-naive`` leaves it out).
 * ``imgsearch``: ``Index.create(...).add()`` into a fresh database.
 
-Every images/s figure runs from the first file read to the last result stored; model loading
-and the one-time caption-bank embedding are left out and reported as ``load_s``.
+The four ``*_alone`` figures are the stages' ceilings; the stage table beside them says where
+the best ``imgsearch`` run spent its time (read, decode, model, caption search, write, and
+the model waiting), so the slowest stage is plain to see. Every images/s figure runs from
+the first file read to the last result stored; model loading and the one-time caption-bank
+embedding are left out and reported as ``load_s``.
 
-On a CPU, decoding and the model take turns on the same cores, so no pipeline beats the
-"shared CPU ceiling" 1 / (1/decode_alone + 1/model_alone); ``imgsearch/shared_cpu_ceiling``
-says how close it gets. Each path is timed ``--repeat`` times (default 3) in interleaved
-rounds and the best kept. On a shared machine add ``--wait-quiet 120``; the ``others``
-column is the share of the cores other processes used during each timing.
+On a CPU every stage takes turns on the same cores, so no pipeline beats the "shared CPU
+ceiling" 1 / (sum of 1/ceiling); ``imgsearch/shared_cpu_ceiling`` says how close it gets.
+Each path is timed ``--repeat`` times (default 3) in interleaved rounds and the best kept.
+On a shared machine add ``--wait-quiet 120``; the ``others`` column is the share of the
+cores other processes used during each timing.
 
-The photos (12 MP JPEG, quality 90, 2-4 MB each, all different) are made from
-scikit-image's sample photos and cached in ``--workdir`` with the random CLIP, so later runs
-start in seconds.
+The photos (12 MP JPEG by default, or ``--size WxH``; quality 90, all different) are made
+from scikit-image's sample photos and cached in ``--workdir`` with the random CLIP, so later
+runs start in seconds.
 """
 
 from __future__ import annotations
@@ -94,17 +102,30 @@ def _source(name: str) -> Image.Image:
     return Image.fromarray(array[..., :3])
 
 
-def _make_photo(job: tuple[int, str]) -> int:
-    """Write photo ``index``: a random 4:3 crop, flipped, recoloured, upscaled, with grain.
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x480' -> (640, 480)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT, e.g. 640x480") from None
+    if width < 32 or height < 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 32x32")
+    return width, height
+
+
+def _make_photo(job: tuple[int, str, tuple[int, int]]) -> int:
+    """Write photo ``index``: a random crop of the size's aspect, flipped, recoloured,
+    scaled, with grain.
 
     The grain is what makes the files camera-sized: a smooth upscale compresses to a few
     hundred kB, and JPEG decode time follows the entropy-coded size, not the pixel count.
     """
-    index, path = job
+    index, path, size = job
     rng = np.random.default_rng([SEED, index])
     source = _source(SOURCES[index % len(SOURCES)])
     w, h = source.size
-    bw, bh = (h * 4 / 3, h) if w / h > 4 / 3 else (w, w * 3 / 4)
+    aspect = size[0] / size[1]
+    bw, bh = (h * aspect, h) if w / h > aspect else (w, w / aspect)
     frac = rng.uniform(0.6, 1.0)
     bw, bh = bw * frac, bh * frac
     x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
@@ -115,13 +136,13 @@ def _make_photo(job: tuple[int, str]) -> int:
     ramp = np.linspace(0.0, 1.0, 256) ** gamma
     lut = np.concatenate([np.clip(ramp * g * 255, 0, 255) for g in gains]).astype(np.uint8)
     image = image.point(lut.tolist()).resize(
-        PHOTO_SIZE, Image.Resampling.BICUBIC, box=(x, y, x + bw, y + bh)
+        size, Image.Resampling.BICUBIC, box=(x, y, x + bw, y + bh)
     )
-    height, width = PHOTO_SIZE[1], PHOTO_SIZE[0]
+    width, height = size
     # Texture at two scales: blotches (surfaces, out-of-focus detail) and sensor grain.
     blotch = rng.standard_normal((height // 4, width // 4), dtype=np.float32)
     blotch *= rng.uniform(3, 6)
-    blotch = np.asarray(Image.fromarray(blotch).resize(PHOTO_SIZE, Image.Resampling.BILINEAR))
+    blotch = np.asarray(Image.fromarray(blotch).resize(size, Image.Resampling.BILINEAR))
     luma = blotch + rng.standard_normal((height, width), dtype=np.float32) * rng.uniform(3, 6)
     pixels = rng.standard_normal((height, width, 3), dtype=np.float32)  # chroma noise
     pixels *= 1.5
@@ -139,10 +160,10 @@ def _make_photo(job: tuple[int, str]) -> int:
     return index
 
 
-def make_photos(folder: Path, count: int) -> list[Path]:
-    """The ``count`` photos in ``folder``, made (in parallel) only where missing."""
+def make_photos(folder: Path, count: int, size: tuple[int, int] = PHOTO_SIZE) -> list[Path]:
+    """The ``count`` photos of ``size`` in ``folder``, made (in parallel) only where missing."""
     manifest = folder / ".recipe.json"
-    wanted = {"recipe": PHOTO_RECIPE, "seed": SEED, "size": PHOTO_SIZE, "quality": JPEG_QUALITY}
+    wanted = {"recipe": PHOTO_RECIPE, "seed": SEED, "size": size, "quality": JPEG_QUALITY}
     if folder.is_dir():
         try:
             same = json.loads(manifest.read_text()) == json.loads(json.dumps(wanted))
@@ -155,7 +176,7 @@ def make_photos(folder: Path, count: int) -> list[Path]:
     paths = [folder / f"photo-{i:05d}.jpg" for i in range(count)]
     for extra in set(folder.glob("*.jpg")) - set(paths):  # left from a larger --images
         extra.unlink()
-    todo = [(i, str(p)) for i, p in enumerate(paths) if not p.is_file()]
+    todo = [(i, str(p), size) for i, p in enumerate(paths) if not p.is_file()]
     if todo:
         start = time.perf_counter()
         say(f"making {len(todo)} photos in {folder} (once; cached for later runs)")
@@ -170,8 +191,30 @@ def make_photos(folder: Path, count: int) -> list[Path]:
 # --- the random CLIP ---------------------------------------------------------------------
 
 
-def save_random_clip(folder: Path) -> Path:
-    """CLIP ViT-B/32 (``CLIPConfig()`` defaults) with seeded random weights, as a model folder.
+# OpenAI's ViT-L/14 sizes (vision 24 layers of 1024, text 12 of 768, 768-d projection).
+VIT_L14 = {
+    "vision_config": {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 24,
+        "patch_size": 14,
+        "image_size": 224,
+    },
+    "text_config": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_attention_heads": 12,
+        "num_hidden_layers": 12,
+        "max_position_embeddings": 77,
+    },
+    "projection_dim": 768,
+}
+
+
+def save_random_clip(folder: Path, large: bool = False) -> Path:
+    """CLIP ViT-B/32 (``CLIPConfig()`` defaults), or ViT-L/14 with ``large``, with seeded
+    random weights, as a model folder.
 
     No CLIP weights can be downloaded here; speed does not depend on the weights' values,
     only on the architecture, so a random ViT-B/32 times the same as OpenAI's.
@@ -184,9 +227,9 @@ def save_random_clip(folder: Path) -> Path:
     from imgsearch.models.clip import save_random_clip as save
 
     logging.disable_progress_bar()
-    say(f"saving a random CLIP ViT-B/32 to {folder} (once)")
+    say(f"saving a random CLIP {'ViT-L/14' if large else 'ViT-B/32'} to {folder} (once)")
     shutil.rmtree(folder, ignore_errors=True)
-    save(folder, seed=SEED)  # every size is CLIPConfig()'s
+    save(folder, seed=SEED, **(VIT_L14 if large else {}))  # else every size is CLIPConfig()'s
     done.touch()
     return folder
 
@@ -199,6 +242,7 @@ class Timing:
     images: int
     seconds: float
     others: float = 0.0  # share of all cores other processes used meanwhile
+    stages: dict[str, float] | None = None  # imgsearch: IndexSummary.stages of that run
 
     @property
     def rate(self) -> float:
@@ -269,48 +313,123 @@ def indexer_workers(workers: int | None) -> int:
     return max(1, min(32, os.cpu_count() or 2))  # embed_files' own default, as of writing
 
 
-def decoded_tensors(
-    root: Path, paths: Sequence[Path], model: Model, workers: int
-) -> Iterator[np.ndarray]:
-    """Model-ready tensors, made exactly as the indexer makes them: its own decode stage."""
+def gpu_decoding(model: Model) -> bool:
+    """Whether the indexer decodes on the GPU here: CUDA, and torchvision's nvJPEG."""
+    from imgsearch.gpudecode import nvjpeg_decoder
+
+    return model.device.type == "cuda" and nvjpeg_decoder(model.device) is not None
+
+
+def decoded(
+    root: Path, paths: Sequence[Path], model: Model, workers: int, batch_size: int, gpu: bool
+) -> Iterator[tuple[Any, Any]]:
+    """(FileInfo, Pixels) made exactly as the indexer makes them: its own decode stage, the
+    CPU workers alone or (``gpu``) beside nvJPEG."""
     from imgsearch.files import FileInfo
-    from imgsearch.indexer import _decoded  # private on purpose: it is what is measured
+    from imgsearch.indexer import _decoded, _process_pool  # private on purpose: measured
 
     infos = [FileInfo(p.relative_to(root).as_posix(), 0, 0) for p in paths]
-    for item in _decoded(root, infos, model, workers):
-        if item.pixels.error or item.pixels.array is None:
-            raise RuntimeError(f"{item.info.path}: {item.pixels.error}")
-        yield item.pixels.array
+    if gpu:
+        from imgsearch.gpudecode import MixedDecoder, nvjpeg_decoder
+
+        decode = nvjpeg_decoder(model.device)
+        assert decode is not None
+        pool = _process_pool(workers)
+        yield from MixedDecoder(
+            root, infos, model.preprocess, pool, decode, batch_size=batch_size, cpu_workers=workers
+        )
+        return
+    for item in _decoded(root, infos, model, workers, batch_size):
+        yield item.info, item.pixels
 
 
 def decode_path(
-    root: Path, paths: Sequence[Path], model: Model, workers: int
-) -> tuple[Callable[[], Timing], list[np.ndarray]]:
-    """(one timed pass, the tensors for model_alone), after a warm-up."""
-    list(decoded_tensors(root, paths[:WARMUP_IMAGES], model, workers))
-    tensors: list[np.ndarray] = []
+    root: Path, paths: Sequence[Path], model: Model, workers: int, batch_size: int, gpu: bool
+) -> tuple[Callable[[], Timing], list[Any]]:
+    """(one timed pass, the decoded (info, pixels) for the other stages), after a warm-up."""
+    list(decoded(root, paths[:WARMUP_IMAGES], model, workers, batch_size, gpu))
+    done: list[Any] = []
 
     def run() -> None:
-        tensors[:] = decoded_tensors(root, paths, model, workers)
+        done[:] = decoded(root, paths, model, workers, batch_size, gpu)
+        if gpu:
+            import torch
 
-    return lambda: timed(len(paths), run), tensors
+            torch.cuda.synchronize()
+        for info, pixels in done:
+            if pixels.error or pixels.array is None:
+                raise RuntimeError(f"{info.path}: {pixels.error}")
+
+    return lambda: timed(len(paths), run), done
 
 
-def model_path(model: Model, tensors: list[np.ndarray], batch_size: int) -> Callable[[], Timing]:
-    """One timed pass over batches stacked beforehand, after a warm-up at the full batch shape."""
-    import torch
+def stacked(done: list[Any], model: Model, batch_size: int) -> list[Any]:
+    """The decoded photos in model batches (tensors; on the device where decoded there)."""
+    from imgsearch.indexer import Loaded, stack_pixels
 
-    batches = [
-        torch.from_numpy(np.stack(tensors[i : i + batch_size]))
-        for i in range(0, len(tensors), batch_size)
+    items = [Loaded(info, pixels) for info, pixels in done]
+    return [
+        stack_pixels(items[i : i + batch_size], model) for i in range(0, len(items), batch_size)
     ]
+
+
+def model_path(model: Model, batches: list[Any]) -> Callable[[], Timing]:
+    """One timed pass over batches stacked beforehand, after a warm-up at the full batch shape."""
     model.encode_images(batches[0])
 
     def run() -> None:
         for batch in batches:
             model.encode_images(batch)
 
-    return lambda: timed(len(tensors), run)
+    return lambda: timed(sum(len(b) for b in batches), run)
+
+
+def caption_path(
+    model: Model, bank: Any, settings: Any, batches: list[Any]
+) -> tuple[Callable[[], Timing], list[Any]]:
+    """The caption search alone (bank on the model's device, as the indexer does it) over
+    the model's own outputs for every batch; and those (outputs, captions) for writing."""
+    from imgsearch.indexer import describe_vectors
+
+    outputs = [model.encode_images(batch) for batch in batches]
+    threads = 1 if model.device.type == "cpu" else None
+    found: list[Any] = []
+
+    def run() -> None:
+        found[:] = [
+            describe_vectors(v, b, model, bank, settings, threads) for v, b in zip(outputs, batches)
+        ]
+
+    run()  # warm-up: the bank's vectors reach the device
+    return lambda: timed(sum(len(b) for b in batches), run), list(zip(outputs, found))
+
+
+def write_path(
+    runs: Path, done: list[Any], described: list[Any], batch_size: int
+) -> Callable[[], Timing]:
+    """Storing every batch's records, one transaction each, into a fresh database: alone."""
+    from imgsearch.files import FileInfo
+    from imgsearch.indexer import Loaded, records
+    from imgsearch.storage import Store
+
+    items = [Loaded(FileInfo(info.path, 1, 1), pixels) for info, pixels in done]
+    batches = [
+        records(items[i * batch_size : (i + 1) * batch_size], vectors, captioned)
+        for i, (vectors, captioned) in enumerate(described)
+    ]
+    attempts = 0
+
+    def run() -> None:
+        nonlocal attempts
+        attempts += 1
+        store = Store.open(runs / f"write-{attempts}.db", create=True)
+        try:
+            for batch in batches:
+                store.put_images(batch)
+        finally:
+            store.close()
+
+    return lambda: timed(len(items), run)
 
 
 def naive_preprocessor(model_arg: str, model: Model) -> tuple[str, Callable[[Image.Image], Any]]:
@@ -365,8 +484,9 @@ def imgsearch_path(
     device: str,
     batch_size: int,
     workers: int,
-) -> tuple[float, Model, Callable[[], Timing]]:
-    """(load_s, the model, one timed pass): the API path of ``imgsearch index``.
+) -> tuple[float, Model, Callable[[], Timing], Any]:
+    """(load_s, the model, one timed pass, the warm-up index): the API path of
+    ``imgsearch index``.
 
     ``Index.create`` on a new database loads the model and embeds the caption bank: that is
     load_s. The first index (a few photos) also warms the pipeline up; each timed ``add()``
@@ -376,10 +496,9 @@ def imgsearch_path(
 
     start = time.perf_counter()
     warm = Index.create(warm_root, runs / "warmup.db", model_arg, device=device)
+    model = warm.model  # a named model with its bank cached loads here, not in create
     load_s = time.perf_counter() - start
-    model = warm.model
-    with warm:
-        warm.add(batch_size=batch_size, workers=workers)
+    warm.add(batch_size=batch_size, workers=workers)
     attempts = 0
     expected = len(list(root.glob("*.jpg")))
 
@@ -394,9 +513,10 @@ def imgsearch_path(
             )
         if summaries[0].added != expected or summaries[0].skipped:
             raise RuntimeError(f"imgsearch did not index every photo: {summaries[0].to_dict()}")
+        timing.stages = summaries[0].stages
         return timing
 
-    return load_s, model, once
+    return load_s, model, once, warm
 
 
 def usable_cores() -> int:
@@ -458,8 +578,15 @@ def hardlink_or_copy(source: Path, target: Path) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=("clip", "offline"), default="clip")
+    parser.add_argument("--model", choices=("clip", "clip-l14", "offline"), default="clip")
     parser.add_argument("--images", type=int, default=64, help="photos to index (default 64)")
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=PHOTO_SIZE,
+        metavar="WxH",
+        help="size of the photos made (default 4000x3000, 12 MP; 640x480 is a dataset's)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
@@ -488,6 +615,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="S",
         help="on a shared machine: before each timing wait up to S seconds for idle cores",
     )
+    parser.add_argument(
+        "--no-naive", action="store_true", help="leave out the naive path (slow on 12 MP photos)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
     args = parser.parse_args(argv)
     if args.images < WARMUP_IMAGES or args.batch_size < 1 or args.repeat < 1:
@@ -497,9 +627,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = (args.workdir or REPO / "bench-out" / f"photos-{args.images}").resolve()
+    folder = f"photos-{args.images}"
+    if args.size != PHOTO_SIZE:
+        folder += f"-{args.size[0]}x{args.size[1]}"
+    workdir = (args.workdir or REPO / "bench-out" / folder).resolve()
     photos_dir = workdir / "photos"
-    paths = make_photos(photos_dir, args.images)  # before torch: the pool forks cleanly
+    paths = make_photos(photos_dir, args.images, args.size)  # before torch: forks cleanly
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -513,10 +646,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("--device cuda: no CUDA GPU here")
         return 2
 
-    if args.model == "clip":
-        model_dir = (args.model_dir or workdir / "clip-vit-b32-random").resolve()
-        model_arg = str(save_random_clip(model_dir))
-        model_text = "clip: CLIP ViT-B/32 (CLIPConfig() defaults), random weights, seed 0"
+    if args.model in ("clip", "clip-l14"):
+        large = args.model == "clip-l14"
+        default = workdir / ("clip-vit-l14-random" if large else "clip-vit-b32-random")
+        model_dir = (args.model_dir or default).resolve()
+        model_arg = str(save_random_clip(model_dir, large))
+        model_text = (
+            "clip-l14: CLIP ViT-L/14 (OpenAI's sizes), random weights, seed 0"
+            if large
+            else "clip: CLIP ViT-B/32 (CLIPConfig() defaults), random weights, seed 0"
+        )
         weights = "random weights time the same as trained ones (same architecture). "
     else:
         model_arg, model_text = "offline", "offline: EfficientNet-Lite0 + all-MiniLM-L6-v2"
@@ -539,21 +678,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         say("loading (load_s), then warming every path up")
-        load_s, model, ours_once = imgsearch_path(
+        load_s, model, ours_once, warm = imgsearch_path(
             photos_dir, warm_root, runs, model_arg, args.device, args.batch_size, workers
         )
         bank = "embedded" if set(cache_dir.glob("*.npy")) - cached_before else "read from cache"
-        decode_once, tensors = decode_path(photos_dir, paths, model, workers)
-        decode_once()  # the tensors model_alone runs on
-        model_once = model_path(model, tensors, args.batch_size)
-        naive_name, naive_pre = naive_preprocessor(model_arg, model)
-        naive_once = naive_path(paths, model, naive_pre, args.batch_size)
+        gpu = gpu_decoding(model)
+        decode_once, done = decode_path(photos_dir, paths, model, workers, args.batch_size, gpu)
+        decode_once()  # the photos every other stage runs on
+        batches = stacked(done, model, args.batch_size)
+        model_once = model_path(model, batches)
+        caption_once, described = caption_path(model, warm.bank, warm.settings, batches)
+        write_once = write_path(runs, done, described, args.batch_size)
         paths_once = {
             "model_alone": model_once,
             "decode_alone": decode_once,
-            "naive": naive_once,
-            "imgsearch": ours_once,
+            "caption_alone": caption_once,
+            "write_alone": write_once,
         }
+        naive_name = "not run (--no-naive)"
+        if not args.no_naive:
+            naive_name, naive_pre = naive_preprocessor(model_arg, model)
+            paths_once["naive"] = naive_path(paths, model, naive_pre, args.batch_size)
+        paths_once["imgsearch"] = ours_once
+        if gpu:  # the CPU decoders alone too: what the GPU's share adds
+            paths_once["decode_cpu_alone"] = decode_path(
+                photos_dir, paths, model, workers, args.batch_size, False
+            )[0]
         timings: dict[str, list[Timing]] = {name: [] for name in paths_once}
         for round_ in range(args.repeat):  # rounds interleave the paths: fairer on a busy box
             for name, once in paths_once.items():
@@ -565,43 +715,55 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"round {round_ + 1}/{args.repeat}: {name} {timing.rate:.2f} images/s "
                     f"(others used {timing.others:.0%} of the cores)"
                 )
+        warm.close()
     finally:
         shutil.rmtree(runs, ignore_errors=True)
     chosen = {name: best(ts) for name, ts in timings.items()}
-    alone, decode, naive, ours = (chosen[n] for n in paths_once)
-
-    rates = {
-        "model_alone": alone.rate,
-        "decode_alone": decode.rate,
-        "naive": naive.rate,
-        "imgsearch": ours.rate,
+    rates = {name: t.rate for name, t in chosen.items()}
+    ours, naive = chosen["imgsearch"], chosen.get("naive")
+    alone, decode = chosen["model_alone"], chosen["decode_alone"]
+    ceilings = {
+        k: rates[k] for k in ("decode_alone", "model_alone", "caption_alone", "write_alone")
     }
+    slowest = min(ceilings, key=ceilings.__getitem__)
     ratios = {
-        "imgsearch/naive": ours.rate / naive.rate,
+        **({"imgsearch/naive": ours.rate / naive.rate} if naive else {}),
         "imgsearch/model_alone": ours.rate / alone.rate,
         "imgsearch/min(decode_alone,model_alone)": ours.rate / min(decode.rate, alone.rate),
+        f"imgsearch/slowest stage alone ({slowest})": ours.rate / ceilings[slowest],
     }
     if args.device == "cpu":
-        # Decoding and the model share the same cores: at best their costs per image add up.
-        ratios["imgsearch/shared_cpu_ceiling"] = ours.rate * (1 / decode.rate + 1 / alone.rate)
+        # Every stage shares the same cores: at best their costs per image add up.
+        shared = sum(1 / r for r in ceilings.values())
+        ratios["imgsearch/shared_cpu_ceiling"] = ours.rate * shared
+    stages = stage_table(ours.stages or {}, ceilings, workers)
+    size_text = f"{args.size[0]}x{args.size[1]}"
     note = (
         f"{weights}"
-        f"Photos {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG q{JPEG_QUALITY}, "
-        f"mean {np.mean(sizes) / 1e6:.1f} MB, read from the page cache. "
-        f"batch {args.batch_size}, {workers} decode workers, device {args.device}. "
+        f"Photos {size_text} JPEG q{JPEG_QUALITY}, "
+        f"mean {np.mean(sizes) / 1e6:.2f} MB, read from the page cache. "
+        f"batch {args.batch_size}, {workers} decode workers, device {args.device}"
+        + (", nvJPEG decoding beside them" if gpu else "")
+        + f", image side in {model.precision}. "
         f"naive preprocessing: {naive_name}. "
         f"load_s = model load + caption bank ({bank}). "
         f"Each path warmed up on {WARMUP_IMAGES} photos first"
         + (f", best of {args.repeat}" if args.repeat > 1 else "")
-        + ". 'others' = share of the cores other processes used during that timing."
+        + ". 'others' = share of the cores other processes used during that timing. "
+        "Stage seconds are those of the best imgsearch run; read and decode are summed over "
+        "the decode workers."
     )
     result = {
         "machine": machine(args.device),
         "model": model_text,
         "images": args.images,
+        "size": size_text,
+        "precision": model.precision,
+        "gpu_decode": gpu,
         "load_s": round(load_s, 2),
         "images_per_s": {k: round(v, 2) for k, v in rates.items()},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "stages_s": {k: round(v, 3) for k, v in (ours.stages or {}).items()},
         "others_cpu_share": {k: round(t.others, 3) for k, t in chosen.items()},
         "peak_rss_mb": round(peak_rss_mb()),
         "note": note,
@@ -610,20 +772,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"machine: {result['machine']}")
-    print(f"model:   {result['model']}")
-    print(f"images:  {args.images}    load_s: {load_s:.1f} (model load + caption bank, {bank})")
+    print(f"model:   {result['model']} ({model.precision})")
+    loaded = f"load_s: {load_s:.1f} (model load + caption bank, {bank})"
+    print(f"images:  {args.images} x {size_text}    {loaded}")
     print()
-    print(f"{'path':<14}{'images/s':>10}{'seconds':>10}{'others':>8}")
+    print(f"{'path':<18}{'images/s':>10}{'seconds':>10}{'others':>8}")
     for name, rate in rates.items():
         t = chosen[name]
-        print(f"{name:<14}{rate:>10.2f}{t.seconds:>10.2f}{t.others:>8.0%}")
+        print(f"{name:<18}{rate:>10.2f}{t.seconds:>10.2f}{t.others:>8.0%}")
+    print()
+    print(stages)
     print()
     for name, ratio in ratios.items():
-        print(f"{name:<42}{ratio:>7.2f}")
-    print(f"{'peak RSS (MB)':<42}{result['peak_rss_mb']:>7}")
+        print(f"{name:<48}{ratio:>7.2f}")
+    print(f"{'peak RSS (MB)':<48}{result['peak_rss_mb']:>7}")
     print()
     print(f"note: {note}")
     return 0
+
+
+def stage_table(stages: dict[str, float], ceilings: dict[str, float], workers: int) -> str:
+    """Where the best imgsearch run spent its time, stage by stage, beside each stage's
+    ceiling measured alone in the same run: the slowest ceiling is what limits."""
+    alone = {
+        "decode": "decode_alone",
+        "model": "model_alone",
+        "captions": "caption_alone",
+        "write": "write_alone",
+    }
+    what = {
+        "read": f"reading + hashing, summed over {workers} workers",
+        "decode": f"decoding + resizing + facts, summed over {workers} workers",
+        "gpu_decode": "nvJPEG batches + resizing on the device (one thread)",
+        "model": "the model (main thread)",
+        "captions": "caption search + combining (its thread)",
+        "write": "database writes (the writer thread)",
+        "waiting": "the model waiting for photos or for the caption queue",
+    }
+    lines = [f"{'stage':<12}{'seconds':>9}   {'alone images/s':>15}   what"]
+    for key in ("read", "decode", "gpu_decode", "model", "captions", "write", "waiting"):
+        if key not in stages:
+            continue
+        ceiling = f"{ceilings[alone[key]]:.2f}" if key in alone else ""
+        lines.append(f"{key:<12}{stages[key]:>9.2f}   {ceiling:>15}   {what[key]}")
+    shares = {k: v for k, v in stages.items() if k.startswith("files_")}
+    if shares:
+        lines.append("files: " + ", ".join(f"{k[6:]} {int(v)}" for k, v in shares.items()))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

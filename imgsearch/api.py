@@ -29,6 +29,7 @@ from imgsearch.captions import (
     CaptionBank,
     CaptionSettings,
     bank_digest,
+    read_bank,
 )
 from imgsearch.collection import Collection, MoveStopped
 from imgsearch.derived import Derived
@@ -313,10 +314,8 @@ class Index:
         """Keep in the index the number format the model's images last ran in (none
         recorded: float32, as every index made before; bfloat16 or int8 where the CPU runs
         faster so; float16 on CUDA): a run on another machine may differ."""
-        if not self.embedding.loaded:
-            return
-        precision = self.embedding.model.precision  # loaded already: no model is loaded here
-        if self.meta.get("precision", "float32") != precision:
+        precision = self.embedding.precision
+        if precision is not None and self.meta.get("precision", "float32") != precision:
             self.store.set_meta({"precision": precision})
             self.meta["precision"] = precision
 
@@ -370,8 +369,6 @@ class Index:
         new index)."""
         if self.meta.get("captions") != DEFAULT_BANK:
             return False
-        from imgsearch.captions import read_bank
-
         return self.meta.get("captions_digest") != bank_digest(read_bank(None)[1])
 
     def coverage(self) -> float | None:
@@ -802,8 +799,6 @@ def _check_bank(index: Index, captions: str | os.PathLike | None) -> None:
     """Refuse a caption bank other than the one the index was made with."""
     if captions is None:
         return
-    from imgsearch.captions import read_bank
-
     _, texts = read_bank(captions)
     if bank_digest(texts) != index.meta.get("captions_digest"):
         raise ImgsearchError(
@@ -848,29 +843,41 @@ def _new_index(
     top_n: int | None,
     device: str | None,
     say: Callable[[str], None] | None,
-) -> tuple[Model, CaptionBank]:
+) -> tuple[Model | None, CaptionBank]:
     """Load the model, embed the caption bank and record what a new index is made with:
-    its model, bank, caption settings, root and the thresholds in force."""
+    its model, bank, caption settings, root and the thresholds in force. The model is None
+    where it was not needed here (named, and its bank's vectors cached)."""
     settings = DEFAULT_SETTINGS
     if top_n is not None:
         if top_n < 1:
             raise ImgsearchError("--top-n must be at least 1")
         settings = dataclasses.replace(settings, top_n=top_n)
-    from imgsearch.models import load_model, pick_device
+    from imgsearch.models import load_model, model_id, pick_device
+    from imgsearch.models.base import cached_vectors_of
 
-    loaded = load_model(model, pick_device(device), say)
-    bank_name, bank = indexer.new_bank(loaded, captions, progress=say is not None)
-    kind = family(loaded.name)
+    # A named model whose bank is cached is recorded without being loaded: the indexing
+    # run loads it while its decoders start (issue 17: the first photo within 3 s).
+    loaded = None
+    bank_name, texts = read_bank(captions)
+    name = model_id(model) if model is not None else None
+    vectors = cached_vectors_of(name, texts) if name is not None else None
+    if vectors is None:
+        loaded = load_model(model, pick_device(device), say)
+        bank_name, bank = indexer.new_bank(loaded, captions, progress=say is not None)
+        name = loaded.name
+    else:
+        bank = CaptionBank(texts, vectors)
+    kind = family(name)
     taus = {f"tau.{m}": str(scoring.get(m).tau[kind]) for m in scoring.names()}
     # Concept bags rank better than today's caption score where the model makes them
     # (benchmarks/caption_quality.py); an index records its default, so old ones keep theirs.
-    bags = settings.concepts > 0 and backend(loaded.name).class_probs
+    bags = settings.concepts > 0 and backend(name).class_probs
     default = scoring.ConceptScore.name if bags else config.DEFAULT_METHOD
     store.save_bank(
         bank.texts,
         bank.vectors,
         {
-            "model": loaded.name,
+            "model": name,
             "captions": bank_name,
             "captions_digest": bank_digest(bank.texts),
             "caption_settings": settings.to_json(),
@@ -879,7 +886,7 @@ def _new_index(
             "root": _stored_root(store, root),
             "created": str(time.time()),
             "db_id": secrets.token_hex(16),  # what files derived from it are stamped with
-            **({"precision": loaded.precision} if loaded.precision != "float32" else {}),
+            **({"precision": loaded.precision} if loaded and loaded.precision != "float32" else {}),
             **taus,
             "tau.graph": str(config.GRAPH_TAU[kind]),
         },

@@ -400,12 +400,20 @@ class MixedDecoder:
     def __iter__(self) -> Iterator[tuple[FileInfo, Pixels]]:
         try:
             for _ in range(self._total):
-                item = self._out.get()
+                item = self._next()
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
             self.close()
+
+    def _next(self) -> tuple[FileInfo, Pixels] | BaseException:
+        while True:
+            try:
+                return self._out.get(timeout=1.0)
+            except queue.Empty:
+                if not any(thread.is_alive() for thread in self._threads) and self._out.empty():
+                    return RuntimeError("the decoders stopped with files left to decode")
 
     def close(self) -> None:
         """Stop both sides (what they hold is dropped) and wait for them."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -758,6 +759,10 @@ def local_runner(
         decoded, mixed = _decoding(
             root, files, embedding, loading, chosen, batch_size, limits, gpu_decode
         )
+        # The first decoded photo is waited for here, while the model loads on its thread:
+        # the decoders have started, and keep the first batch coming meanwhile.
+        first = next(decoded, None)
+        decoded = itertools.chain([] if first is None else [first], decoded)
         model = loading.result()
         bank, settings = embedding.bank, embedding.settings
         threads = 1 if model.device.type == "cpu" else None  # see CaptionBank.top
@@ -1011,6 +1016,11 @@ class Embedding:
     @property
     def loaded(self) -> bool:
         return self._model is not None
+
+    @property
+    def precision(self) -> str | None:
+        """The number format the loaded model's images run in; None before it is loaded."""
+        return None if self._model is None else self._model.precision
 
     @property
     def model(self) -> Model:

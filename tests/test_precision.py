@@ -81,9 +81,21 @@ def test_a_cpu_without_support_keeps_float32_and_the_index_records_it(
         assert "precision" not in index.store.meta()  # none recorded: float32, as before
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
     with Index.create(folder, tmp_path / "fast.db", str(tiny_clip), small_bank) as index:
+        index.add()  # the bank was cached: the model loads in the run, not in create
         assert index.model.precision == "int8"
         assert index.store.meta()["precision"] == "int8"
     with Index.open(tmp_path / "plain.db") as index:  # a later run records its own
         (folder / "dog.jpg").write_bytes((folder / "cat.jpg").read_bytes()[:-10] + b"0" * 10)
         index.add()
         assert index.store.meta()["precision"] == "int8"
+
+
+def test_the_offline_model_keeps_float32_unless_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its convolutions gain nothing, and bfloat16 missed the agreement on the dev sets."""
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_vnni", "amx_bf16"}))
+    assert load_model("offline", torch.device("cpu")).precision == "float32"
+    monkeypatch.setenv(ENV, "int8")
+    assert load_model("offline", torch.device("cpu")).precision == "int8"
+    assert precision.forced_precision({ENV: "auto"}) is None
+    assert precision.forced_precision({ENV: "bfloat16"}) == "bfloat16"

@@ -20,7 +20,7 @@ from imgsearch.models import clip, offline, siglip
 from imgsearch.models.base import Backend, ImageEmbeddings, Model, normalize
 from imgsearch.models.clip import DEFAULT_CLIP
 from imgsearch.models.offline import OFFLINE
-from imgsearch.models.precision import cpu_precision
+from imgsearch.models.precision import cpu_precision, forced_precision
 
 if TYPE_CHECKING:
     import torch
@@ -194,15 +194,23 @@ _loaded: dict[tuple[str, str], Model] = {}
 
 def _load(name: str, device: torch.device) -> Model:
     """Load once per process: models are only read, and loading takes seconds."""
-    key = (name, str(device), cpu_precision() if device.type == "cpu" else "")
+    # The precision asked for is part of the key: a test or benchmark forcing one gets it.
+    asked = (cpu_precision(), forced_precision()) if device.type == "cpu" else ()
+    key = (name, str(device), *asked)
     if key not in _loaded:
         _loaded[key] = backend(name).load(name, device)
     return _loaded[key]
 
 
 def _quiet_transformers() -> None:
-    """Library chatter would drown the one line of stderr the user needs."""
+    """Library chatter would drown the one line of stderr the user needs. Told through its
+    environment where transformers is not loaded yet: a model that never needs it (the
+    offline one with its bank cached) then never pays the second it takes to import."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "transformers" not in sys.modules:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        return
     try:
         from transformers.utils import logging
 

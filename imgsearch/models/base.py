@@ -37,6 +37,12 @@ if TYPE_CHECKING:
     import torch
 
 
+# EfficientNet-Lite0's (the offline model's): Inception-style normalisation to [-1, 1], as
+# the TF Lite models were trained. Here rather than in ``efficientnet``, which imports torch:
+# the decoders can start on it while torch loads.
+EFFICIENTNET_LITE0_PREPROCESS = Preprocess(resize=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
 @dataclass
 class ImageEmbeddings:
     """Unit vectors for a batch of images, as float32 numpy arrays."""
@@ -112,6 +118,31 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def _text_cache(name: str, texts: list[str]) -> Path:
+    digest = hashlib.sha256("\n".join([name, *texts]).encode()).hexdigest()[:32]
+    return cache_dir() / f"text-{digest}.npy"
+
+
+def cached_vectors_of(name: str, texts: list[str], dim: int | None = None) -> np.ndarray | None:
+    """The vectors ``cached_text_vectors`` keeps for the model called ``name`` (shipped in
+    the package, else in the user cache), without the model: a new index with a known bank
+    records it and loads the model only when it embeds a photo. None where there are none."""
+    from imgsearch.models.packaged import packaged_text_vectors
+
+    packaged = packaged_text_vectors(name, texts)
+    if packaged is not None and dim in (None, packaged.shape[1]):
+        return packaged
+    path = _text_cache(name, texts)
+    if not path.exists():
+        return None
+    try:
+        vectors = np.load(path)
+    except (OSError, ValueError):
+        return None
+    good = vectors.ndim == 2 and len(vectors) == len(texts) and dim in (None, vectors.shape[1])
+    return vectors if good else None
+
+
 def cached_text_vectors(
     model: Model, texts: list[str], batch_size: int = 256, progress: bool = False
 ) -> np.ndarray:
@@ -122,20 +153,10 @@ def cached_text_vectors(
     are read instead, and every later run with the same model and bank reads them back
     from the cache. ``progress``: a progress bar on a terminal while texts are embedded.
     """
-    from imgsearch.models.packaged import packaged_text_vectors
-
-    packaged = packaged_text_vectors(model.name, texts)
-    if packaged is not None and packaged.shape[1] == model.text_dim:
-        return packaged
-    digest = hashlib.sha256("\n".join([model.name, *texts]).encode()).hexdigest()[:32]
-    path = cache_dir() / f"text-{digest}.npy"
-    if path.exists():
-        try:
-            vectors = np.load(path)
-            if vectors.shape == (len(texts), model.text_dim):
-                return vectors
-        except (OSError, ValueError):
-            pass
+    path = _text_cache(model.name, texts)
+    cached = cached_vectors_of(model.name, texts, model.text_dim)
+    if cached is not None:
+        return cached
     bar = _text_bar(len(texts)) if progress and len(texts) > batch_size else None
     parts = []
     for i in range(0, len(texts), batch_size):

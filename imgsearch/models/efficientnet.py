@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imgsearch.models.base import Preprocess
+from imgsearch.models.base import EFFICIENTNET_LITE0_PREPROCESS
 
 __all__ = [
     "EFFICIENTNET_LITE0_PREPROCESS",
@@ -59,9 +59,6 @@ LITE0_STAGES: tuple[Stage, ...] = (
     Stage(5, 2, 6, 192, 4),
     Stage(3, 1, 6, 320, 1),
 )
-
-# Inception-style normalisation to [-1, 1], as the TF Lite models were trained.
-EFFICIENTNET_LITE0_PREPROCESS = Preprocess(resize=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
 def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:

