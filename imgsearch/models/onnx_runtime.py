@@ -477,9 +477,10 @@ def _export_offline(model: OfflineModel, folder: Path) -> dict:
         {"pixels": {0: "batch"}, "features": {0: "batch"}, "logits": {0: "batch"}},
     )
     names = ["input_ids", "attention_mask", "token_type_ids"]
-    tokens = model.tokenizer(PROBE_TEXTS, padding=True, return_tensors="pt")
+    tokenizer, text_model = model.text_side()  # loaded only now: indexing needs no text side
+    tokens = tokenizer(PROBE_TEXTS, padding=True, return_tensors="pt")
     _onnx_export(
-        Text(model.text_model),
+        Text(text_model),
         tuple(tokens[n] for n in names),
         folder / "text.onnx",
         names,
@@ -492,7 +493,7 @@ def _export_offline(model: OfflineModel, folder: Path) -> dict:
         "top_classes": model.top_classes,
         "temperature": model.temperature,
         "text_inputs": names,
-        "tokenizer": _tokenizer(model.tokenizer, folder, 128, None),
+        "tokenizer": _tokenizer(tokenizer, folder, 128, None),
     }
 
 
