@@ -98,6 +98,10 @@ def read_header(info: FileInfo, root: Path, limits: Limits = DEFAULT_LIMITS) -> 
             why = route(image, limits)
             if why is not None:
                 return why
+            if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+                # nvJPEG fills in a truncated file where Pillow refuses it (as the CPU path
+                # does, saying so); a file with data after its end goes there too.
+                return "a JPEG that does not end with its end marker"
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
             orientation = orientation if orientation in range(1, 9) else 1
@@ -132,42 +136,70 @@ def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return image
 
 
+def draft_scale(width: int, height: int, min_side: int) -> int:
+    """The reduction (1, 2, 4 or 8) Pillow's draft mode decodes a JPEG at for ``min_side``,
+    as the CPU path asks for it: the largest that keeps both sides at or above it."""
+    if min_side <= 0:
+        return 1
+    most = min(width // min_side, height // min_side)
+    return next((s for s in (8, 4, 2) if most >= s), 1)
+
+
+def reduce_like_draft(batch: torch.Tensor, scale: int) -> torch.Tensor:
+    """(B, C, H, W) uint8 -> float, each ``scale`` x ``scale`` block averaged (partial blocks
+    at the edges over what they hold, as libjpeg's sizes round up): what a JPEG decoded at
+    1/scale holds, so the GPU path sees the pixels the CPU path's draft decode sees, and
+    resizes a 12 MP photo from 500x375 rather than from its full size."""
+    import torch.nn.functional as F
+
+    pixels = batch.float()
+    if scale == 1:
+        return pixels
+    return F.avg_pool2d(pixels, scale, scale, ceil_mode=True)
+
+
 def resize_crop(image: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """(3, H, W) uint8 -> (crop, crop, 3) uint8, as ``Preprocess.__call__`` makes it from a
-    PIL image: the short side resized (antialiased bicubic, or bilinear where the model's
-    processor says so) and the centre cropped, or the whole image stretched."""
+    """(3, H, W) or (B, 3, H, W), uint8 or float -> (crop, crop, 3) or (B, crop, crop, 3)
+    uint8, as ``Preprocess.__call__`` makes it from a PIL image: the short side resized
+    (antialiased bicubic, or bilinear where the model's processor says so) and the centre
+    cropped, or the whole image stretched."""
     import torch
     import torch.nn.functional as F
 
-    h, w = image.shape[-2:]
+    batch = image if image.dim() == 4 else image[None]
+    h, w = batch.shape[-2:]
     if preprocess.stretch:
         size = (preprocess.crop, preprocess.crop)
     else:
         scale = preprocess.resize / min(w, h)
         size = (max(preprocess.crop, round(h * scale)), max(preprocess.crop, round(w * scale)))
-    out = image
+    out = batch
     if tuple(size) != (h, w):
         mode = "bilinear" if preprocess.resample == Image.Resampling.BILINEAR else "bicubic"
-        scaled = F.interpolate(
-            image[None].float(), size=size, mode=mode, antialias=True, align_corners=False
+        out = F.interpolate(
+            batch.float(), size=size, mode=mode, antialias=True, align_corners=False
         )
-        out = scaled[0].round_().clamp_(0, 255).to(torch.uint8)
+    if out.is_floating_point():
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
     h, w = out.shape[-2:]
     top, left = (h - preprocess.crop) // 2, (w - preprocess.crop) // 2
-    out = out[:, top : top + preprocess.crop, left : left + preprocess.crop]
-    return out.permute(1, 2, 0).contiguous()
+    out = out[..., top : top + preprocess.crop, left : left + preprocess.crop]
+    out = out.permute(0, 2, 3, 1).contiguous()
+    return out if image.dim() == 4 else out[0]
 
 
 def hash_thumbnail(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) uint8 -> the (32, 32) uint8 grey image the hashes are made of: PIL's grey
-    weights (ITU-R 601), averaged down (area) from the decoded size."""
+    """(3, H, W) or (B, 3, H, W), uint8 or float -> the (32, 32) or (B, 32, 32) uint8 grey
+    images the hashes are made of: PIL's grey weights (ITU-R 601), averaged down (area)."""
     import torch
     import torch.nn.functional as F
 
-    weights = torch.tensor([0.299, 0.587, 0.114], device=image.device).view(3, 1, 1)
-    grey = (image.float() * weights).sum(0, keepdim=True)
-    small = F.adaptive_avg_pool2d(grey[None], (HASH_SIDE, HASH_SIDE))[0, 0]
-    return small.round_().clamp_(0, 255).to(torch.uint8)
+    batch = image if image.dim() == 4 else image[None]
+    weights = torch.tensor([0.299, 0.587, 0.114], device=image.device).view(1, 3, 1, 1)
+    grey = (batch.float() * weights).sum(1, keepdim=True)
+    small = F.adaptive_avg_pool2d(grey, (HASH_SIDE, HASH_SIDE))[:, 0]
+    small = small.round_().clamp_(0, 255).to(torch.uint8)
+    return small if image.dim() == 4 else small[0]
 
 
 def batch_hashes(small: np.ndarray) -> list[bytes]:
@@ -228,25 +260,42 @@ def nvjpeg_decoder(device: torch.device) -> GpuDecode | None:
     return decode
 
 
+# Decoded pixels (as float32) prepared together: a group of same-size photos is one tensor
+# operation per step, not one per photo (at 640x480 the per-photo launches were the limit).
+PREPARE_PIXELS = 48_000_000
+
+
 def prepare(
     headers: Sequence[Header], decoded: Sequence[torch.Tensor | None], preprocess: Preprocess
 ) -> list[Pixels | None]:
     """Decoded images to what the model takes (``Pixels.array`` a (crop, crop, 3) uint8
     tensor on the device) with their hashes filled in; None where the decoder refused a
-    file or gave the wrong size."""
+    file or gave the wrong size. Photos of one stored size and orientation are reduced as
+    the CPU path's draft decode reduces them, turned upright, resized and cropped together,
+    in groups of at most ``PREPARE_PIXELS`` decoded pixels."""
     import torch
 
     out: list[Pixels | None] = [None] * len(headers)
-    thumbs = []
+    groups: dict[tuple[int, int, int], list[int]] = {}
     for i, (header, image) in enumerate(zip(headers, decoded)):
         if image is None or tuple(image.shape[-2:]) != (header.height, header.width):
             continue
-        image = upright(image, header.orientation)
-        out[i] = replace(header.facts, array=resize_crop(image, preprocess))
-        thumbs.append((i, hash_thumbnail(image)))
+        groups.setdefault((header.height, header.width, header.orientation), []).append(i)
+    thumbs: list[tuple[list[int], torch.Tensor]] = []
+    for (height, width, orientation), members in groups.items():
+        scale = draft_scale(width, height, preprocess.resize)
+        step = max(1, PREPARE_PIXELS // (height * width))
+        for start in range(0, len(members), step):
+            part = members[start : start + step]
+            batch = torch.stack([decoded[i] for i in part])  # type: ignore[misc]
+            batch = upright(reduce_like_draft(batch, scale), orientation)
+            for i, array in zip(part, resize_crop(batch, preprocess)):
+                out[i] = replace(headers[i].facts, array=array)
+            thumbs.append((part, hash_thumbnail(batch)))
     if thumbs:
-        small = torch.stack([t for _, t in thumbs]).cpu().numpy()
-        for (i, _), hashes in zip(thumbs, batch_hashes(small)):
+        order = [i for part, _ in thumbs for i in part]
+        small = torch.cat([t for _, t in thumbs]).cpu().numpy()
+        for i, hashes in zip(order, batch_hashes(small)):
             pixels = out[i]
             assert pixels is not None and pixels.facts is not None
             pixels.facts = replace(pixels.facts, hashes=hashes)
