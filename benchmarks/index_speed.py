@@ -297,8 +297,8 @@ def best(timings: list[Timing]) -> Timing:
     return min(timings, key=lambda t: t.seconds)
 
 
-def indexer_workers(workers: int | None) -> int:
-    """The decode worker count ``embed_files`` picks when given none.
+def indexer_workers(workers: int | None, gpu: bool) -> int:
+    """The decode worker count the indexer picks when given none (fewer beside nvJPEG).
 
     decode_alone and imgsearch are both given this count explicitly, so they can differ
     only in the pipeline around the decoding, never in its width.
@@ -307,17 +307,16 @@ def indexer_workers(workers: int | None) -> int:
         return workers
     from imgsearch import indexer
 
-    default = getattr(indexer, "default_workers", None)
-    if callable(default):
-        return int(default())
-    return max(1, min(32, os.cpu_count() or 2))  # embed_files' own default, as of writing
+    return int(indexer.default_workers(beside_gpu=gpu))
 
 
-def gpu_decoding(model: Model) -> bool:
+def gpu_decoding(device: str) -> bool:
     """Whether the indexer decodes on the GPU here: CUDA, and torchvision's nvJPEG."""
+    import torch
+
     from imgsearch.gpudecode import nvjpeg_decoder
 
-    return model.device.type == "cuda" and nvjpeg_decoder(model.device) is not None
+    return device == "cuda" and nvjpeg_decoder(torch.device(device)) is not None
 
 
 def decoded(
@@ -670,7 +669,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warm_root.mkdir(parents=True)
     for path in paths[:WARMUP_IMAGES]:
         hardlink_or_copy(path, warm_root / path.name)
-    workers = indexer_workers(args.workers)
+    gpu = gpu_decoding(args.device)
+    workers = indexer_workers(args.workers, gpu)
     busy = wait_until_quiet(args.wait_quiet) if args.wait_quiet else cpu_busy()
     if busy > 0.1:
         say(f"the cores are {busy:.0%} busy before the run: others share them, figures drop")
@@ -682,7 +682,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             photos_dir, warm_root, runs, model_arg, args.device, args.batch_size, workers
         )
         bank = "embedded" if set(cache_dir.glob("*.npy")) - cached_before else "read from cache"
-        gpu = gpu_decoding(model)
         decode_once, done = decode_path(photos_dir, paths, model, workers, args.batch_size, gpu)
         decode_once()  # the photos every other stage runs on
         batches = stacked(done, model, args.batch_size)

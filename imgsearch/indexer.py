@@ -284,9 +284,17 @@ class Loaded:
     pixels: Pixels
 
 
-def default_workers() -> int:
-    """Decode workers when none are asked for: one per core (decoding is the bottleneck)."""
-    return max(1, min(32, os.cpu_count() or 2))
+# Cores left to this process beside nvJPEG: its thread feeding the GPU, the file readers,
+# the model's thread, the caption search and the writer. With a decode process on every
+# core the GPU side starved (the H200: 1,536 of 8,192 photos at 640x480).
+GPU_SIDE_CORES = 2
+
+
+def default_workers(beside_gpu: bool = False) -> int:
+    """Decode workers when none are asked for: one per core (decoding is the bottleneck),
+    less ``GPU_SIDE_CORES`` beside nvJPEG."""
+    cores = max(1, min(32, os.cpu_count() or 2))
+    return max(1, cores - GPU_SIDE_CORES) if beside_gpu else cores
 
 
 def use_processes(model: Model) -> bool:
@@ -751,13 +759,12 @@ def local_runner(
     while the model loads. ``gpu_decode``: None decides by itself (CUDA and torchvision)."""
 
     def run(files: list[FileInfo], writer: BatchWriter) -> None:
-        chosen = workers or default_workers()
         loading = _Loading(embedding)
         stages = writer.stages
         for key in ("read", "decode", "model", "captions", "write", "waiting"):
             stages.setdefault(key, 0.0)
         decoded, mixed = _decoding(
-            root, files, embedding, loading, chosen, batch_size, limits, gpu_decode
+            root, files, embedding, loading, workers, batch_size, limits, gpu_decode
         )
         # The first decoded photo is waited for here, while the model loads on its thread:
         # the decoders have started, and keep the first batch coming meanwhile.
@@ -885,28 +892,32 @@ def _decoding(
     files: list[FileInfo],
     embedding: Embedding,
     loading: _Loading,
-    workers: int,
+    workers: int | None,
     batch_size: int,
     limits: Limits,
     gpu_decode: bool | None,
 ) -> tuple[Iterator[Loaded], MixedDecoder | None]:
     """The decode stage: threads started at once where the model will run on this CPU
     (they decode while it loads), else processes beside the loaded model's accelerator,
-    with nvJPEG on the GPU taking its share where torchvision is installed."""
+    with nvJPEG on the GPU taking its share where torchvision is installed. ``workers``:
+    None for one per core, less ``GPU_SIDE_CORES`` beside nvJPEG."""
+    chosen = workers or default_workers()
     preprocess = embedding.preprocess
     if preprocess is not None and embedding.on_cpu():
         stub = _Preprocessing(preprocess)
-        return _decoded(root, files, stub, workers, batch_size, False, limits), None
+        return _decoded(root, files, stub, chosen, batch_size, False, limits), None
     model = loading.result()
     if gpu_decode is not False and model.device.type == "cuda":
         decode = nvjpeg_decoder(model.device)
         if decode is not None:
-            pool = _process_pool(workers)
+            chosen = workers or default_workers(beside_gpu=True)
+            pool = _process_pool(chosen)
+            chunk = chunk_size(len(files), chosen, True)
             mixed = MixedDecoder(
-                root, files, model.preprocess, pool, decode, limits, batch_size, workers
+                root, files, model.preprocess, pool, decode, limits, batch_size, chosen, chunk
             )
             return (Loaded(info, pixels) for info, pixels in mixed), mixed
-    return _decoded(root, files, model, workers, batch_size, limits=limits), None
+    return _decoded(root, files, model, chosen, batch_size, limits=limits), None
 
 
 @dataclass(frozen=True)

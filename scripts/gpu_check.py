@@ -126,7 +126,8 @@ def decode_check(folder: Path, model, expected: dict[str, str]) -> None:  # noqa
             check(name not in gpu, f"{name} goes to the CPU path")
     cpu = {f.path: load_pixels(folder / f.path, model.preprocess) for f in files}
     check(cpu["truncated.jpg"].error.startswith("corrupt image"), "truncated.jpg is refused")
-    names = sorted(gpu)
+    names = sorted(n for n in gpu if cpu[n].array is not None)  # both decoded it
+    check(names == sorted(gpu), "every file nvJPEG decodes, the CPU path decodes too")
     on_gpu = stack_pixels([Loaded(FileInfo(n, 0, 0), gpu[n]) for n in names], model)
     a = model.encode_images(on_gpu).image
     b = model.encode_images(np.stack([cpu[n].array for n in names])).image
