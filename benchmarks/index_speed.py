@@ -803,17 +803,20 @@ def stage_table(stages: dict[str, float], ceilings: dict[str, float], workers: i
         "read": f"reading + hashing, summed over {workers} workers",
         "decode": f"decoding + resizing + facts, summed over {workers} workers",
         "gpu_decode": "nvJPEG batches + resizing on the device (one thread)",
+        "gpu_read_wait": "that thread waiting for its files to be read (4 reader threads)",
+        "gpu_emit": "that thread handing photos on (waiting while the queue is full)",
         "model": "the model (main thread)",
         "captions": "caption search + combining (its thread)",
         "write": "database writes (the writer thread)",
         "waiting": "the model waiting for photos or for the caption queue",
     }
-    lines = [f"{'stage':<12}{'seconds':>9}   {'alone images/s':>15}   what"]
-    for key in ("read", "decode", "gpu_decode", "model", "captions", "write", "waiting"):
+    lines = [f"{'stage':<14}{'seconds':>9}   {'alone images/s':>15}   what"]
+    keys = ("read", "decode", "gpu_decode", "gpu_read_wait", "gpu_emit", "model", "captions")
+    for key in (*keys, "write", "waiting"):
         if key not in stages:
             continue
         ceiling = f"{ceilings[alone[key]]:.2f}" if key in alone else ""
-        lines.append(f"{key:<12}{stages[key]:>9.2f}   {ceiling:>15}   {what[key]}")
+        lines.append(f"{key:<14}{stages[key]:>9.2f}   {ceiling:>15}   {what[key]}")
     shares = {k: v for k, v in stages.items() if k.startswith("files_")}
     if shares:
         lines.append("files: " + ", ".join(f"{k[6:]} {int(v)}" for k, v in shares.items()))

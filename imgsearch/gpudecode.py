@@ -53,6 +53,11 @@ if TYPE_CHECKING:
 # where the decoder refused that file (it then goes to the CPU path).
 GpuDecode = Callable[[list[bytes]], list["torch.Tensor | None"]]
 
+# torch.frombuffer warns that a tensor over read-only bytes must not be written to; nvJPEG's
+# input tensors never are. Filtered here, at import: a catch_warnings in the decode thread
+# would change the filters of every thread.
+warnings.filterwarnings("ignore", message="The given buffer is not writable")
+
 HASH_SIDE = 32  # the grey image the perceptual hashes are computed from (files.orientation_hashes)
 
 
@@ -245,7 +250,9 @@ def nvjpeg_decoder(device: torch.device) -> GpuDecode | None:
         return None
 
     def decode(blobs: list[bytes]) -> list[torch.Tensor | None]:
-        tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        # The files' bytes as they are (decode_jpeg only reads them): a copy of every file
+        # into a bytearray cost 0.3 ms a 12 MP photo on this thread.
+        tensors = [torch.frombuffer(b, dtype=torch.uint8) for b in blobs]
         try:
             return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
         except RuntimeError:
@@ -338,6 +345,7 @@ class MixedDecoder:
         self._gpu_done = threading.Event()
         self._stop = threading.Event()
         self.seconds = {"read": 0.0, "decode": 0.0, "gpu_decode": 0.0, "read_wait": 0.0}
+        self.seconds["gpu_emit"] = 0.0  # handing the GPU's photos on (waits on a full queue)
         self.counts = {"gpu": 0, "cpu": 0, "refused": 0}
         self._threads = [
             threading.Thread(target=self._guard(self._gpu_side), name="imgsearch-gpu-decode"),
@@ -406,6 +414,7 @@ class MixedDecoder:
         if made and made[0] is not None and hasattr(made[0].array, "device"):
             _synchronize(made[0].array)
         self.seconds["gpu_decode"] += time.perf_counter() - start
+        start = time.perf_counter()
         for header, pixels in zip(headers, made):
             if pixels is None:
                 self._refused.put(header.info)
@@ -413,6 +422,7 @@ class MixedDecoder:
             else:
                 self.counts["gpu"] += 1
                 self._emit(header.info, pixels)
+        self.seconds["gpu_emit"] += time.perf_counter() - start
 
     def _cpu_side(self) -> None:
         """Decode chunks in the CPU pool, a few ahead; refused files first."""
