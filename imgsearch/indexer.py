@@ -288,7 +288,6 @@ class Loaded:
 # the model's thread, the caption search and the writer. With a decode process on every
 # core the GPU side starved (the H200: 1,536 of 8,192 photos at 640x480).
 GPU_SIDE_CORES = 2
-GPU_SWITCH_S = 0.0002  # Python's thread switch interval while a GPU run is fed (_model_threads)
 
 
 def default_workers(beside_gpu: bool = False) -> int:
@@ -828,23 +827,9 @@ FEW_FILES = 16
 
 @contextmanager
 def _model_threads(model: Model, threads: int | None) -> Iterator[None]:
-    """Run a CPU model with ``threads`` torch threads (None: as they are) meanwhile.
-
-    Beside an accelerator, Python's thread switch interval is cut to ``GPU_SWITCH_S``
-    instead: every kernel launch lets go of the interpreter lock and takes it back, and
-    with the readers, nvJPEG's feeder, the caption search and the writer wanting it too,
-    each taking back could wait a whole interval (5 ms by default), hundreds of times a
-    batch."""
+    """Run a CPU model with ``threads`` torch threads (None: as they are) meanwhile."""
     torch = sys.modules.get("torch")
-    if model.device.type != "cpu":
-        before_s = sys.getswitchinterval()
-        sys.setswitchinterval(min(before_s, GPU_SWITCH_S))
-        try:
-            yield
-        finally:
-            sys.setswitchinterval(before_s)
-        return
-    if threads is None or torch is None:
+    if threads is None or torch is None or model.device.type != "cpu":
         yield
         return
     before = torch.get_num_threads()
