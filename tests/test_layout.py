@@ -157,3 +157,30 @@ def test_decode_workers_load_neither_faiss_nor_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_every_transformers_import_holds_the_import_lock() -> None:
+    """transformers loads lazily; the model loads on a thread while the decoders read its
+    preprocessing, and two threads importing it at once failed one run in about eight with
+    "cannot import name 'AutoConfig'" (the start-up benchmark found it). So every import
+    of it sits in a ``with TRANSFORMERS_IMPORT:`` block."""
+    unguarded = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text("utf-8"))
+        guarded: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.With) and any(
+                isinstance(item.context_expr, ast.Name)
+                and item.context_expr.id == "TRANSFORMERS_IMPORT"
+                for item in node.items
+            ):
+                guarded |= {id(inner) for inner in ast.walk(node)}
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n.split(".")[0] == "transformers" for n in names) and id(node) not in guarded:
+                unguarded.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert not unguarded, unguarded

@@ -212,7 +212,10 @@ def _quiet_transformers() -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         return
     try:
-        from transformers.utils import logging
+        from imgsearch.models.base import TRANSFORMERS_IMPORT
+
+        with TRANSFORMERS_IMPORT:
+            from transformers.utils import logging
 
         logging.set_verbosity_error()
         logging.disable_progress_bar()

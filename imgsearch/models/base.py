@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,12 @@ from imgsearch.files import Preprocess
 
 if TYPE_CHECKING:
     import torch
+
+# transformers imports its submodules lazily, on first use; two threads doing that at once
+# (the model loading on its thread while the decoders read the checkpoint's preprocessing)
+# can see a half-made module: "cannot import name 'AutoConfig'". Every import of it in
+# imgsearch holds this lock.
+TRANSFORMERS_IMPORT = threading.RLock()
 
 
 # EfficientNet-Lite0's (the offline model's): Inception-style normalisation to [-1, 1], as

