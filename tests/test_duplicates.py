@@ -278,3 +278,35 @@ def test_exif_facts_are_stored_and_an_old_index_fills_them_in(
         assert store.meta()["schema_version"] == "3"
     finally:
         store.close()
+
+
+def test_the_reduced_candidate_search_finds_what_the_exact_one_finds(monkeypatch) -> None:
+    """Above EXACT_CANDIDATES photos the vectors go through a PCA-64 IVF index rescored
+    from 8-bit codes, chunk by chunk: on clustered 512-d vectors with planted near-copies
+    (cosine 0.93-0.999) it finds nearly every pair the exact search finds, and no pair
+    below the threshold."""
+    from imgsearch import duplicates
+
+    rng = np.random.default_rng(0)
+    n, dim = 6000, 512
+    centres = rng.standard_normal((40, dim)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, n)] + 0.9 * rng.standard_normal((n, dim))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    copies = rng.choice(n, 300, replace=False)
+    for row in copies:
+        other = (row + 1) % n
+        noise = rng.uniform(0.03, 0.3) * rng.standard_normal(dim) / np.sqrt(dim)
+        vectors[other] = vectors[row] + noise.astype(np.float32)
+        vectors[other] /= np.linalg.norm(vectors[other])
+
+    def chunks():
+        for start in range(0, n, 1000):
+            yield np.arange(start, min(n, start + 1000)), vectors[start : start + 1000]
+
+    exact = duplicates.vector_candidates(chunks, n, threshold=0.9, k=5)
+    monkeypatch.setattr(duplicates, "EXACT_CANDIDATES", 1000)
+    reduced = duplicates.vector_candidates(chunks, n, threshold=0.9, k=5)
+    assert len(exact) >= 250
+    assert len(reduced & exact) >= 0.95 * len(exact)
+    cosines = [float(vectors[a] @ vectors[b]) for a, b in reduced]
+    assert min(cosines) >= 0.9 - 0.01
