@@ -566,6 +566,13 @@ _REDUCED = {
 }
 
 
+def ends_as_jpeg(data: bytes) -> bool:
+    """Whether a JPEG's bytes end with its end marker (trailing zeros allowed): libjpeg-based
+    decoders other than Pillow's (OpenCV, nvJPEG) fill in a truncated file where Pillow says
+    it is truncated, so only such files may go to them."""
+    return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+
+
 def _opencv_jpeg(data: bytes, image: Image.Image, stored: tuple[int, int]) -> Image.Image | None:
     """An RGB or grey JPEG opened by PIL (draft set, not loaded; ``stored``: its size before
     the draft) decoded by OpenCV at the same reduced size and turned upright: the same
@@ -575,7 +582,7 @@ def _opencv_jpeg(data: bytes, image: Image.Image, stored: tuple[int, int]) -> Im
     fills in a truncated file where Pillow says it is truncated)."""
     if image.format != "JPEG" or image.mode not in ("RGB", "L"):
         return None
-    if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+    if not ends_as_jpeg(data):
         return None
     scale = next((k for k in _REDUCED if _reduced(stored, k) == image.size), None)
     if scale is None:

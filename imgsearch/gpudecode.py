@@ -40,6 +40,7 @@ from imgsearch.files import (
     Limits,
     Pixels,
     Preprocess,
+    ends_as_jpeg,
     file_hash,
     load_chunk,
     photo_facts,
@@ -103,9 +104,7 @@ def read_header(info: FileInfo, root: Path, limits: Limits = DEFAULT_LIMITS) -> 
             why = route(image, limits)
             if why is not None:
                 return why
-            if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-                # nvJPEG fills in a truncated file where Pillow refuses it (as the CPU path
-                # does, saying so); a file with data after its end goes there too.
+            if not ends_as_jpeg(data):  # truncated, or data after its end: the CPU path
                 return "a JPEG that does not end with its end marker"
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
