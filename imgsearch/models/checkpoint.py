@@ -270,18 +270,23 @@ class FeaturesModel(Model):
             "spatial_shapes": torch.tensor([[side, side]] * b, dtype=torch.long).to(self.device),
         }
 
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        import torch
-
+    def tokens(self, texts: list[str]):  # noqa: ANN201 - a transformers BatchEncoding
+        """``texts`` tokenized as the checkpoint's text tower takes them, on the CPU (what
+        ``encode_texts`` runs and the ONNX export is traced with)."""
         if self.pad_to_max:  # a SigLIP 2 checkpoint's Gemma tokenizer keeps the case
             texts = [text.lower() for text in texts]
-        tokens = self.tokenizer(
+        return self.tokenizer(
             texts,
             padding="max_length" if self.pad_to_max else True,
             truncation=True,
             max_length=self.max_tokens,
             return_tensors="pt",
-        ).to(self.device)
+        )
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        tokens = self.tokens(texts).to(self.device)
         given = {k: v for k, v in tokens.items() if k in self.accepts}
         with torch.inference_mode():
             return normalize(features(self.model.get_text_features(**given)))

@@ -536,14 +536,7 @@ def _export_features(model: FeaturesModel, folder: Path) -> dict:
         {"pixels": {0: "batch"}, "vectors": {0: "batch"}},
     )
     pad_to = model.max_tokens if model.pad_to_max else None
-    texts = [t.lower() for t in PROBE_TEXTS] if model.pad_to_max else PROBE_TEXTS
-    tokens = model.tokenizer(
-        texts,
-        padding="max_length" if model.pad_to_max else True,
-        truncation=True,
-        max_length=model.max_tokens,
-        return_tensors="pt",
-    )
+    tokens = model.tokens(PROBE_TEXTS)
     _onnx_export(
         Text(model.model),
         tuple(tokens[n] for n in names),
