@@ -60,7 +60,13 @@ from PIL import Image, ImageDraw, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from duplicates_quality import EDITS  # noqa: E402 - the sibling benchmark's edits
-from index_speed import hardlink_or_copy, peak_rss_mb, timed, usable_cores  # noqa: E402
+from index_speed import (  # noqa: E402
+    hardlink_or_copy,
+    peak_rss_mb,
+    recipe_folder,
+    timed,
+    usable_cores,
+)
 
 PHOTO_RECIPE = 1  # bump when the recipe changes: cached photos are then made again
 SEED = 0
@@ -197,17 +203,8 @@ def _make_photo(job: tuple[int, str, tuple[int, int]]) -> int:
 
 def make_distinct(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
     """The first ``count`` distinct photos in ``folder``, made (in parallel) where missing."""
-    manifest = folder / ".recipe.json"
-    wanted = {"recipe": PHOTO_RECIPE, "seed": SEED, "size": list(size), "quality": JPEG_QUALITY}
-    if folder.is_dir():
-        try:
-            same = json.loads(manifest.read_text()) == wanted
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(wanted))
+    recipe = {"recipe": PHOTO_RECIPE, "seed": SEED, "size": size, "quality": JPEG_QUALITY}
+    recipe_folder(folder, recipe)
     paths = [folder / f"photo-{i:05d}.jpg" for i in range(count)]
     todo = [(i, str(p), size) for i, p in enumerate(paths) if not p.is_file()]
     if todo:

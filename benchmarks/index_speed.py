@@ -160,19 +160,26 @@ def _make_photo(job: tuple[int, str, tuple[int, int]]) -> int:
     return index
 
 
-def make_photos(folder: Path, count: int, size: tuple[int, int] = PHOTO_SIZE) -> list[Path]:
-    """The ``count`` photos of ``size`` in ``folder``, made (in parallel) only where missing."""
+def recipe_folder(folder: Path, recipe: dict[str, Any]) -> None:
+    """Make ``folder`` a cache of photos made by ``recipe``: emptied first unless its
+    manifest records the same recipe, so a changed recipe never mixes with old photos."""
     manifest = folder / ".recipe.json"
-    wanted = {"recipe": PHOTO_RECIPE, "seed": SEED, "size": size, "quality": JPEG_QUALITY}
+    wanted = json.loads(json.dumps(recipe))  # tuples as JSON reads them back: lists
     if folder.is_dir():
         try:
-            same = json.loads(manifest.read_text()) == json.loads(json.dumps(wanted))
+            same = json.loads(manifest.read_text()) == wanted
         except (OSError, ValueError):
             same = False
         if not same:
             shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     manifest.write_text(json.dumps(wanted))
+
+
+def make_photos(folder: Path, count: int, size: tuple[int, int] = PHOTO_SIZE) -> list[Path]:
+    """The ``count`` photos of ``size`` in ``folder``, made (in parallel) only where missing."""
+    recipe = {"recipe": PHOTO_RECIPE, "seed": SEED, "size": size, "quality": JPEG_QUALITY}
+    recipe_folder(folder, recipe)
     paths = [folder / f"photo-{i:05d}.jpg" for i in range(count)]
     for extra in set(folder.glob("*.jpg")) - set(paths):  # left from a larger --images
         extra.unlink()
