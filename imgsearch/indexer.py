@@ -828,16 +828,13 @@ FEW_FILES = 16
 @contextmanager
 def _model_threads(model: Model, threads: int | None) -> Iterator[None]:
     """Run a CPU model with ``threads`` torch threads (None: as they are) meanwhile."""
-    torch = sys.modules.get("torch")
-    if threads is None or torch is None or model.device.type != "cpu":
+    if threads is None or model.device.type != "cpu":
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    from imgsearch.models import torch_threads
+
+    with torch_threads(threads):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _batches(decoded: Iterator[Loaded], batch_size: int) -> Iterator[tuple[_Job, float]]:

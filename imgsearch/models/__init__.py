@@ -41,6 +41,7 @@ __all__ = [
     "model_id",
     "normalize",
     "one_thread",
+    "torch_threads",
     "pick_device",
     "prepare_queries",
     "preprocess_for",
@@ -164,19 +165,24 @@ def _files(name: str) -> list[Path] | None:
 
 
 @contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one thread for the duration (a single query), where torch is loaded: one
-    text took 597 ms on two threads fighting a busy machine, 20 ms on one."""
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch on ``count`` threads for the duration, where torch is loaded (else nothing)."""
     torch = sys.modules.get("torch")
     if torch is None:
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
+
+
+def one_thread() -> contextlib.AbstractContextManager[None]:
+    """Torch on one thread for the duration (a single query): one text took 597 ms on two
+    threads fighting a busy machine, 20 ms on one."""
+    return torch_threads(1)
 
 
 def fallback_note(reason: str) -> str:
