@@ -343,8 +343,9 @@ class MixedDecoder:
         self._out: queue.Queue = queue.Queue(maxsize=max(4 * batch_size, 256))
         self._gpu_done = threading.Event()
         self._stop = threading.Event()
-        self.seconds = {"read": 0.0, "decode": 0.0, "gpu_decode": 0.0, "read_wait": 0.0}
-        self.seconds["gpu_emit"] = 0.0  # handing the GPU's photos on (waits on a full queue)
+        # read, decode: the CPU side's, summed over its workers; gpu_emit: handing the
+        # GPU's photos on (waiting on a full queue).
+        self.seconds = dict.fromkeys(("read", "decode", "gpu_decode", "read_wait", "gpu_emit"), 0.0)
         self.counts = {"gpu": 0, "cpu": 0, "refused": 0}
         self._threads = [
             threading.Thread(target=self._guard(self._gpu_side), name="imgsearch-gpu-decode"),
