@@ -141,7 +141,7 @@ def _many_photos(folder: Path, count: int) -> None:
     base = [sample(n).resize((256, 256)) for n in ["chelsea", "coffee", "rocket", "astronaut"]]
     for i in range(count):
         image = base[i % 4].rotate(i * 7 % 360)
-        image.save(folder / f"img{i:03d}.jpg", quality=80)
+        image.save(folder / f"img{i:04d}.jpg", quality=80)
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
@@ -149,7 +149,8 @@ def test_interrupted_run_leaves_a_consistent_index_and_the_next_run_goes_on(
     tmp_path: Path, small_bank: Path, how: signal.Signals
 ):
     folder = tmp_path / "many"
-    _many_photos(folder, 240)
+    total = 480  # enough that a loaded machine cannot finish between the check and the signal
+    _many_photos(folder, total)
     db = tmp_path / "index.db"
     command = [
         sys.executable,
@@ -199,11 +200,11 @@ def test_interrupted_run_leaves_a_consistent_index_and_the_next_run_goes_on(
         " having count(*) != 20)"
     ).fetchone()[0]
     conn.close()
-    assert 8 <= saved < 240 and orphans == 0 and per_image == 0
+    assert 8 <= saved < total and orphans == 0 and per_image == 0
     index = Index.open(db)
     summary = index.add()
-    assert summary.unchanged == saved and summary.added == 240 - saved
-    assert index.store.count() == 240
+    assert summary.unchanged == saved and summary.added == total - saved
+    assert index.store.count() == total
 
 
 def test_search_index_is_saved_reused_and_rebuilt_when_stale(
