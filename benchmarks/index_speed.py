@@ -331,19 +331,17 @@ def decoded(
 ) -> Iterator[tuple[Any, Any]]:
     """(FileInfo, Pixels) made exactly as the indexer makes them: its own decode stage, the
     CPU workers alone or (``gpu``) beside nvJPEG."""
-    from imgsearch.files import FileInfo
-    from imgsearch.indexer import _decoded, _process_pool  # private on purpose: measured
+    from imgsearch.files import DEFAULT_LIMITS, FileInfo
+    from imgsearch.indexer import _decoded, mixed_decoder  # private on purpose: measured
 
     infos = [FileInfo(p.relative_to(root).as_posix(), 0, 0) for p in paths]
     if gpu:
-        from imgsearch.gpudecode import MixedDecoder, nvjpeg_decoder
+        from imgsearch.gpudecode import nvjpeg_decoder
 
         decode = nvjpeg_decoder(model.device)
         assert decode is not None
-        pool = _process_pool(workers)
-        yield from MixedDecoder(
-            root, infos, model.preprocess, pool, decode, batch_size=batch_size, cpu_workers=workers
-        )
+        pre = model.preprocess
+        yield from mixed_decoder(root, infos, pre, decode, DEFAULT_LIMITS, batch_size, workers)
         return
     for item in _decoded(root, infos, model, workers, batch_size):
         yield item.info, item.pixels

@@ -259,3 +259,34 @@ def test_photos_prepared_together_are_prepared_as_one_at_a_time(mixed: Path):
     for a, b in zip(together, alone):
         assert a is not None and b is not None
         assert torch.equal(a.array, b.array) and a.facts.hashes == b.facts.hashes
+
+
+def test_the_indexers_decode_stage_reads_headers_in_processes(mixed: Path):
+    """``indexer.mixed_decoder``: the GPU side's headers come from reader processes (their
+    bytes pickled back), and every file still comes out once, as the threads make it."""
+    from imgsearch.indexer import mixed_decoder
+
+    files, threads_out, _ = run_mixed(mixed)
+    decoder = mixed_decoder(mixed, files, PREPROCESS, gpudecode.pil_decoder, LIMITS, 3, 1)
+    out = {info.path: pixels for info, pixels in decoder}
+    assert sorted(out) == sorted(f.path for f in files)
+    assert decoder.counts["gpu"] >= 1 and decoder.counts["refused"] >= 1
+    for path, pixels in out.items():
+        assert (pixels.error, pixels.hash) == (threads_out[path].error, threads_out[path].hash)
+
+
+def test_a_batch_of_device_and_host_photos_keeps_the_items_order():
+    """CPU-decoded arrays reach the device in one copy, each in its own row."""
+    from imgsearch.files import Pixels
+    from imgsearch.indexer import Loaded, stack_pixels
+
+    class Model:
+        device = torch.device("cpu")
+
+    arrays = [np.full((4, 4, 3), i, np.uint8) for i in range(5)]
+    made = [torch.from_numpy(a) if i % 2 else a for i, a in enumerate(arrays)]
+    items = [Loaded(FileInfo(f"{i}.jpg", 0, 0), Pixels(a)) for i, a in enumerate(made)]
+    batch = stack_pixels(items, Model())  # type: ignore[arg-type]
+    assert isinstance(batch, torch.Tensor)
+    assert batch[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4]
+    assert isinstance(stack_pixels(items[::2], Model()), np.ndarray)  # all on the host
