@@ -786,14 +786,15 @@ def _write_stage(
 def _writing(db: str | os.PathLike) -> Iterator[Callable[[tuple], None]]:
     """In the writer process: the index at ``db`` opened again, its ``put_images`` taking
     (records, skip rows) batches. The parent holds the writer lock; this only writes rows.
-    One idle connection is kept open meanwhile, as ``Store.writer`` keeps one."""
+    A SQLite index keeps one idle connection open meanwhile, as ``Store.writer`` does."""
     store = Store.open(db)
     try:
-        keep = store.engine.raw_connection()
+        keep = None if store.is_postgres else store.engine.raw_connection()
         try:
             yield lambda job: store.put_images(*job)
         finally:
-            keep.close()
+            if keep is not None:
+                keep.close()
     finally:
         store.close()
 
