@@ -15,6 +15,7 @@ the same ``describe_pixels`` as every indexed one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -64,7 +65,7 @@ from imgsearch.files import (
     walk,
 )
 from imgsearch.gpudecode import MixedDecoder, nvjpeg_decoder
-from imgsearch.pipeline import Stage
+from imgsearch.pipeline import ProcessStage, Stage
 from imgsearch.relations import short_caption
 from imgsearch.results import LISTED_MISSING, Description, IndexSummary, Skipped
 from imgsearch.storage import ImageRecord, Store
@@ -728,6 +729,14 @@ def records(
     ]
 
 
+# A file that failed, as ``Store.put_images`` remembers it: (path, size, mtime_ns, reason).
+SkipRow = tuple[str, int, int, str]
+
+
+def skip_rows(bad: Sequence[tuple[FileInfo, str]]) -> list[SkipRow]:
+    return [(info.path, info.size, info.mtime_ns, reason) for info, reason in bad]
+
+
 class BatchWriter:
     """The one place a run writes from: each batch's records and the files that failed
     since the last one, in one transaction, the bad files reported. With Ray, only the
@@ -750,16 +759,23 @@ class BatchWriter:
         self.bar = _progress_bar(total, progress)
 
     def put(self, records: list[ImageRecord], bad: Sequence[tuple[FileInfo, str]] = ()) -> None:
-        rows = [(info.path, info.size, info.mtime_ns, reason) for info, reason in bad]
+        self.put_rows(records, skip_rows(bad))
+
+    def put_rows(self, records: list[ImageRecord], rows: Sequence[SkipRow]) -> None:
         self.store.put_images(records, rows)
+        self.written(records, rows)
+
+    def written(self, records: Sequence[ImageRecord], rows: Sequence[SkipRow]) -> None:
+        """Count a batch the database has taken (here, or in a writer process): its
+        records, and its failed files (``skip_rows``) reported."""
         self.stored += len(records)
-        for info, reason in bad:
-            skip = Skipped(info.path, reason)
+        for path, _, _, reason in rows:
+            skip = Skipped(path, reason)
             self.skipped.append(skip)
             if self.on_skip is not None:
                 self.on_skip(skip)
         if self.bar is not None:
-            self.bar.update(len(records) + len(bad))
+            self.bar.update(len(records) + len(rows))
 
     def skip(self, info: FileInfo, reason: str) -> None:
         self.put([], [(info, reason)])
@@ -767,6 +783,56 @@ class BatchWriter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+# A run beside an accelerator with at least this many files writes from a child process
+# (``writer_process``): there the writer's Python time (~150 us an image: rows, executemany)
+# would hold the GIL against the GPU's feeder, the model and the caption search, while
+# starting the process costs about a second, which only a long run wins back.
+WRITER_PROCESS_FILES = 2048
+
+# Batches sent to the writer process and not yet committed: enough to keep it busy while
+# the next batch is made, few enough that an interrupted run loses little work.
+WRITER_PROCESS_DEPTH = 3
+
+
+def use_writer_process(embedding: Embedding, files: int, store: Store) -> bool:
+    """Whether a run of ``files`` files writes from a child process: beside an accelerator
+    (as ``use_processes``, known before the model loads), for a run long enough to pay for
+    starting one, and for a store another process can open (``Store.location``)."""
+    if files < WRITER_PROCESS_FILES or store.location is None:
+        return False
+    return not embedding.on_cpu()
+
+
+def _write_stage(
+    writer: BatchWriter, chosen: bool
+) -> Stage[tuple[list[ImageRecord], list[SkipRow]]] | ProcessStage:
+    """The writer stage: a thread committing each batch, or (``chosen``) a child process
+    doing it while this process counts what it committed (``BatchWriter.written``)."""
+    if not chosen:
+        return Stage("write", lambda job: writer.put_rows(*job))
+    if writer.store.location is None:
+        raise ValueError("a writer process needs a store opened with Store.open")
+    opener = functools.partial(_writing, writer.store.location)
+    return ProcessStage("write", opener, WRITER_PROCESS_DEPTH, lambda job: writer.written(*job))
+
+
+@contextmanager
+def _writing(db: str | os.PathLike) -> Iterator[Callable[[tuple], None]]:
+    """In the writer process: the index at ``db`` opened again, its ``put_images`` taking
+    (records, skip rows) batches. The parent holds the writer lock; this only writes rows.
+    A SQLite index keeps one idle connection open meanwhile, as ``Store.writer`` does."""
+    store = Store.open(db)
+    try:
+        keep = None if store.is_postgres else store.engine.raw_connection()
+        try:
+            yield lambda job: store.put_images(*job)
+        finally:
+            if keep is not None:
+                keep.close()
+    finally:
+        store.close()
 
 
 @dataclass
@@ -786,27 +852,40 @@ def local_runner(
     workers: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
     gpu_decode: bool | None = None,
+    writer_process: bool | None = None,
 ) -> Runner:
     """Embed in this process, in overlapping stages: decode workers (threads, or processes
     beside a GPU, and nvJPEG on the GPU where torchvision is installed), the model on this
     thread, the caption search on a thread of its own, and one writer thread committing
     each batch with the files that failed (``pipeline.Stage``, each behind a short queue).
     A file over ``limits`` is skipped before it is decoded. On a CPU the decoders start
-    while the model loads. ``gpu_decode``: None decides by itself (CUDA and torchvision)."""
+    while the model loads. ``gpu_decode``: None decides by itself (CUDA and torchvision).
+
+    ``writer_process``: commit from a child process instead (``pipeline.ProcessStage``;
+    this process keeps counting, the progress bar and ``on_skip``); None decides by itself
+    (``WRITER_PROCESS_FILES``, beside an accelerator)."""
 
     def run(files: list[FileInfo], writer: BatchWriter) -> None:
         loading = _Loading(embedding)
         stages = writer.stages
         for key in ("read", "decode", "model", "captions", "write", "waiting"):
             stages.setdefault(key, 0.0)
-        decoded, mixed = _decoding(
-            root, files, embedding, loading, workers, batch_size, limits, gpu_decode
-        )
-        # The first decoded photo is waited for here, while the model loads on its thread:
-        # the decoders have started, and keep the first batch coming meanwhile.
-        first = next(decoded, None)
-        decoded = itertools.chain([] if first is None else [first], decoded)
-        model = loading.result()
+        chosen = writer_process
+        if chosen is None:
+            chosen = use_writer_process(embedding, len(files), writer.store)
+        write = _write_stage(writer, chosen)  # a writer process starts while the model loads
+        try:
+            decoded, mixed = _decoding(
+                root, files, embedding, loading, workers, batch_size, limits, gpu_decode
+            )
+            # The first decoded photo is waited for here, while the model loads on its
+            # thread: the decoders have started, and keep the first batch coming meanwhile.
+            first = next(decoded, None)
+            decoded = itertools.chain([] if first is None else [first], decoded)
+            model = loading.result()
+        except BaseException:
+            write.cancel()
+            raise
         bank, settings = embedding.bank, embedding.settings
         threads = 1 if model.device.type == "cpu" else None  # see CaptionBank.top
 
@@ -816,11 +895,10 @@ def local_runner(
                 vectors = job.vectors
                 captioned = describe_vectors(vectors, job.pixels, model, bank, settings, threads)
                 job.pixels = None
-                write.put((records(job.items, vectors, captioned), job.bad))
+                write.put((records(job.items, vectors, captioned), skip_rows(job.bad)))
             else:
-                write.put(([], job.bad))
+                write.put(([], skip_rows(job.bad)))
 
-        write: Stage = Stage("write", lambda job: writer.put(*job))
         captions: Stage = Stage("captions", search)
         few = 1 if len(files) < min(batch_size, FEW_FILES) else None
         try:

@@ -6,15 +6,28 @@ A stage that fails keeps its error and drops what it is given from then on; whoe
 the next item, or closes it, gets that very exception (a full disk is still one line at the
 CLI). Cancelling lets the item in hand finish (a batch being written is committed or rolled
 back as a whole) and drops the rest.
+
+``ProcessStage`` is the same stage in a child process, for work whose Python time would
+otherwise hold the GIL against the other stages (the writer beside a GPU).
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import pickle
 import queue
+import signal
 import threading
 import time
+import traceback
+from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Generic, TypeVar
+
+from imgsearch.errors import ImgsearchError
 
 T = TypeVar("T")
 _END = object()
@@ -84,3 +97,246 @@ class Stage(Generic[T]):
             except BaseException as exc:  # noqa: BLE001 - handed to the thread that puts
                 self.error = exc
             self.busy += time.perf_counter() - start
+
+
+# How long ``cancel`` waits for the child to finish the item in hand before killing it
+# (a batch is committed or rolled back as a whole either way).
+CANCEL_WAIT_S = 60.0
+
+
+class RemoteTraceback(Exception):
+    """The child's traceback, as the cause of its error raised in the parent."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ProcessStage(Generic[T]):
+    """``Stage`` with its work in a child process (spawned, never forked: the parent runs
+    torch threads), so that the work's Python time no longer holds this process's GIL.
+
+    ``opener`` runs in the child, once: a context manager (picklable, e.g. a partial of a
+    module-level function) that gives the work function and cleans up after it (opens a
+    database and closes it). Items travel pickled over a pipe; at most ``depth`` are in
+    flight (sent, not yet done), and ``put`` waits while that many are. ``done`` runs in
+    this process, on the thread that puts or closes, for each item the child has finished,
+    in order. ``busy`` is the seconds the child spent in the work.
+
+    The child ignores SIGINT (Ctrl-C reaches the whole process group; the parent decides),
+    and it stops when the parent closes or cancels it, or dies: its end of the pipe reads
+    EOF then, and it exits after the item in hand. An error in the child (or in opening)
+    reaches ``put`` and ``close`` as the same exception, type and message, where it pickles.
+
+    One thread at a time uses it (the indexer's caption thread puts, then the main thread
+    closes or cancels once that thread has stopped).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        opener: Callable[[], AbstractContextManager[Callable[[T], None]]],
+        depth: int = 2,
+        done: Callable[[T], None] | None = None,
+    ):
+        self.name = name
+        self.busy = 0.0  # seconds the child spent in the work
+        self.error: BaseException | None = None
+        self._depth = max(1, depth)
+        self._done = done
+        self._in_flight: deque[T] = deque()
+        self._ended = False  # the child has gone (closed, cancelled, died)
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_end = context.Pipe(duplex=True)
+        self._process = context.Process(
+            target=_child_main,
+            args=(child_end, opener, os.getpid()),
+            name=f"imgsearch-{name}",
+            daemon=True,  # ended at this interpreter's exit, should it get that far
+        )
+        # The child starts with SIGINT blocked until it has ignored it (the mask survives
+        # fork and exec): a Ctrl-C while it imports prints no traceback of its own.
+        blocked = _block_sigint()
+        try:
+            self._process.start()
+        finally:
+            _restore_mask(blocked)
+        child_end.close()  # only the child's copy is left: its death reads as EOF here
+
+    def put(self, item: T) -> float:
+        """Send ``item``, waiting while ``depth`` items are in flight; the seconds waited.
+        Raises the child's error if it has failed."""
+        start = time.perf_counter()
+        self._receive(block=False)
+        while len(self._in_flight) >= self._depth:
+            self._raise()
+            if self._ended:
+                self._lost()
+            self._receive(block=True)
+        self._raise()
+        try:
+            self._conn.send(("put", item))
+        except OSError:  # the child has gone: its last words say why
+            self._receive(block=False)
+            self._raise()
+            self._lost()
+        self._in_flight.append(item)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        """No more items: wait until every one sent is done, then raise any error."""
+        if not self._ended:
+            with contextlib.suppress(OSError):
+                self._conn.send(("end",))
+            while self._in_flight and self.error is None and not self._ended:
+                self._receive(block=True)
+            self._finish()
+        self._raise()
+        if self._in_flight:
+            self._lost()
+
+    def cancel(self) -> None:
+        """Let the child finish the item in hand (committed or rolled back as a whole), drop
+        the ones queued, and wait for it to exit. Never raises."""
+        if self._ended:
+            return
+        with contextlib.suppress(OSError):
+            self._conn.send(("cancel",))
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        with contextlib.suppress(BaseException):
+            while not self._ended and time.monotonic() < deadline:
+                if self._conn.poll(0.05):
+                    self._read(call_done=False)
+        self._finish(wait=max(0.0, deadline - time.monotonic()))
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def _receive(self, block: bool) -> None:
+        """Handle what the child has said: everything waiting, or (``block``) at least one
+        message. Raises whatever ``done`` raises."""
+        while not self._ended and (block or self._conn.poll()):
+            self._read(call_done=True)
+            block = False
+
+    def _read(self, call_done: bool) -> None:
+        try:
+            message = self._conn.recv()
+        except (EOFError, OSError):
+            self._finish()
+            return
+        except Exception as exc:  # noqa: BLE001 - a message that would not unpickle
+            self.error = self.error or ImgsearchError(f"the {self.name} process: {exc}")
+            return
+        kind = message[0]
+        if kind == "done":
+            self.busy += message[1]
+            item = self._in_flight.popleft()
+            if call_done and self._done is not None and self.error is None:
+                try:
+                    self._done(item)
+                except BaseException as exc:
+                    self.error = exc
+                    raise
+        elif kind == "error":
+            _, error, remote, busy = message
+            self.busy += busy
+            error.__cause__ = RemoteTraceback(remote)
+            self.error = self.error or error
+
+    def _finish(self, wait: float | None = None) -> None:
+        """The child has ended, or is told to: join it (killing it after ``wait`` s)."""
+        self._ended = True
+        with contextlib.suppress(OSError):
+            self._conn.close()
+        self._process.join(wait)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+    def _lost(self) -> None:
+        self._finish()
+        code = self._process.exitcode
+        raise ImgsearchError(
+            f"the {self.name} process stopped unexpectedly (exit code {code}); "
+            "what it finished is kept: run it again to go on"
+        )
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _block_sigint() -> set[int] | None:
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _restore_mask(mask: set[int] | None) -> None:
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _child_main(conn, opener, parent: int) -> None:  # noqa: ANN001 - a Connection, a callable
+    """The child's side of ``ProcessStage``: a thread reads the pipe (so that the parent's
+    sends never wait for the work), this thread works through what it read, in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    inbox: queue.Queue = queue.Queue()
+    stop = threading.Event()  # cancelled, or the parent is gone: drop what is queued
+
+    def read() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):  # the parent died (or closed without a word)
+                stop.set()
+                inbox.put(("gone",))
+                return
+            if message[0] == "cancel":
+                stop.set()
+            inbox.put(message)
+            if message[0] in ("end", "cancel"):
+                return
+
+    threading.Thread(target=read, name="imgsearch-pipe", daemon=True).start()
+    failed = False
+
+    def report(exc: BaseException, busy: float) -> None:
+        remote = "".join(traceback.format_exception(exc))
+        try:
+            blob = pickle.dumps(exc)
+            pickle.loads(blob)
+        except Exception:  # noqa: BLE001 - an exception that does not travel: its words do
+            exc = ImgsearchError(f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(OSError):
+            conn.send(("error", exc, remote, busy))
+
+    try:
+        with opener() as work:
+            while True:
+                try:
+                    message = inbox.get(timeout=1.0)
+                except queue.Empty:
+                    if os.getppid() != parent:  # adopted: the parent is gone
+                        return
+                    continue
+                if stop.is_set() or message[0] != "put":
+                    return
+                if failed:
+                    continue  # after an error, the rest is dropped
+                start = time.perf_counter()
+                try:
+                    work(message[1])
+                except Exception as exc:  # noqa: BLE001 - the parent raises it
+                    failed = True
+                    report(exc, time.perf_counter() - start)
+                    continue
+                with contextlib.suppress(OSError):
+                    conn.send(("done", time.perf_counter() - start))
+    except Exception as exc:  # noqa: BLE001 - opening (or closing) failed: the parent raises it
+        report(exc, 0.0)
+    finally:
+        conn.close()

@@ -254,6 +254,10 @@ class Store:
         self.engine = engine
         self.name = name if name is not None else str(path)
         self.read_only = read_only  # a SQLite file this process may read but not write
+        # What ``open`` was given, for another process to open the same database with the
+        # same messages (a writer process); None for a store made otherwise. A URL keeps
+        # its password: never show it.
+        self.location: str | os.PathLike | None = None
         self._writer_thread: int | None = None  # the thread holding writer(), if one does
 
     @property
@@ -264,7 +268,9 @@ class Store:
     def open(cls, db: str | os.PathLike, create: bool = False) -> Store:
         """Open (``create``: or make) the index at a SQLite file path or a PostgreSQL URL."""
         if is_url(db):
-            return cls._open_url(str(db), create)
+            store = cls._open_url(str(db), create)
+            store.location = db
+            return store
         path = Path(db)
         if not path.exists():
             if not create:
@@ -299,6 +305,7 @@ class Store:
         # From here on, a damaged page, a full disk or a read-only file found by any
         # statement is one line naming the index, never SQL with its parameters.
         sa.event.listen(engine, "handle_error", _sqlite_error(str(path)))
+        store.location = db
         return store
 
     @classmethod
