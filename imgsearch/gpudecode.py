@@ -7,9 +7,10 @@ path, which decodes or refuses it exactly as before, and so does a file nvJPEG r
 
 On the device a batch is decoded, turned upright by its EXIF orientation, resized and
 cropped as the model's ``Preprocess`` does on the CPU (antialiased, from the full size), and
-shrunk to the 32x32 grey image its perceptual hashes are made from; the rest of its photo
-facts (EXIF, JPEG quality) come from the header. Each file is read, hashed and its header
-parsed once, in a reader process (``read_headers``): its bytes travel to the GPU from there.
+shrunk to the 32x32 grey image its perceptual hashes are made from, and hashed there
+(``torch_hashes``: only the 64 bytes a photo come back); the rest of its photo facts (EXIF,
+JPEG quality) come from the header. Each file is read, hashed and its header parsed once, in
+a reader process (``read_headers``): its bytes travel to the GPU from there.
 
 torchvision is optional: it is imported only in ``nvjpeg_decoder``. Every other step is
 plain torch and runs on CPU tensors as well, which is how CI tests it (with a decoder made
@@ -18,6 +19,7 @@ from Pillow): see ``MixedDecoder``.
 
 from __future__ import annotations
 
+import functools
 import io
 import queue
 import threading
@@ -215,34 +217,113 @@ def hash_thumbnail(image: torch.Tensor) -> torch.Tensor:
     return small if image.dim() == 4 else small[0]
 
 
-def batch_hashes(small: np.ndarray) -> list[bytes]:
-    """``files.orientation_hashes`` for a (B, 32, 32) uint8 batch of grey images at once:
-    the same DCT perceptual hash (imagehash.phash) in each of the eight orientations."""
-    import scipy.fftpack
+# pHash's DCT as one exact product: the 64 lowest frequencies of a 32x32 image X are
+# Y[k, l] = sum over (m, n) of X[m, n] * K[k, l, m, n], K = C[k, m] * C[l, n] with C the
+# unnormalised DCT-II matrix (scipy's default, 2 cos(pi k (2n + 1) / 64)). K is split as
+# hi + lo, hi on a grid of 2**-33 and lo the exact rest (a multiple of 2**-59): with pixels
+# of 0 to 255, every product and every partial sum of X @ hi and X @ lo is exact in float64
+# (below 2**20 and 2**-14), so each Y is K's sum rounded once, whatever order a BLAS or a
+# GPU adds in: the same bits on every device, coefficients that are equal by symmetry come
+# out exactly equal, and a turned or mirrored image's are exactly the upright one's
+# transposed or with signs flipped (which is how the eight orientations are made).
+_HI_GRID, _LO_GRID = 2.0**33, 2.0**59
+# Coefficients that are zero (a flat image, a mirror-symmetric or striped one) come out
+# within 3e-10 of it here, where scipy's butterflies make them exactly zero: snapped to it.
+_ZERO = 2.0**-20
+# Each of files.ORIENTATIONS as steps on the last two axes ("T": transpose, "rows": flip
+# the rows' order, "cols": the columns'), as numpy's flips and rot90 make it.
+_TURN_STEPS = {
+    None: (),
+    Image.Transpose.FLIP_LEFT_RIGHT: ("cols",),
+    Image.Transpose.FLIP_TOP_BOTTOM: ("rows",),
+    Image.Transpose.ROTATE_90: ("cols", "T"),
+    Image.Transpose.ROTATE_180: ("rows", "cols"),
+    Image.Transpose.ROTATE_270: ("T", "cols"),
+    Image.Transpose.TRANSPOSE: ("T",),
+    Image.Transpose.TRANSVERSE: ("rows", "cols", "T"),
+}
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits: the first bit is the highest
 
-    turned = []
-    for turn in ORIENTATIONS:
-        if turn is None:
-            turned.append(small)
-        elif turn == Image.Transpose.FLIP_LEFT_RIGHT:
-            turned.append(small[:, :, ::-1])
-        elif turn == Image.Transpose.FLIP_TOP_BOTTOM:
-            turned.append(small[:, ::-1, :])
-        elif turn == Image.Transpose.ROTATE_90:
-            turned.append(np.rot90(small, 1, (1, 2)))
-        elif turn == Image.Transpose.ROTATE_180:
-            turned.append(np.rot90(small, 2, (1, 2)))
-        elif turn == Image.Transpose.ROTATE_270:
-            turned.append(np.rot90(small, 3, (1, 2)))
-        elif turn == Image.Transpose.TRANSPOSE:
-            turned.append(small.transpose(0, 2, 1))
-        else:  # TRANSVERSE
-            turned.append(np.rot90(small, 2, (1, 2)).transpose(0, 2, 1))
-    pixels = np.stack(turned, axis=1).astype(np.float64)  # (B, 8, 32, 32)
-    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=2), axis=3)[:, :, :8, :8]
-    low = dct.reshape(*dct.shape[:2], 64)
-    bits = low > np.median(low, axis=2, keepdims=True)
-    return [np.packbits(row.reshape(8, 64), axis=1).tobytes() for row in bits]
+
+@functools.lru_cache(maxsize=1)
+def _dct_weights() -> np.ndarray:
+    """(1024, 128) float64: a flattened 32x32 image times this is (hi parts, lo parts) of
+    its 8x8 lowest DCT-II frequencies, k (down) major."""
+    n = np.arange(HASH_SIDE // 2)
+    half = 2 * np.cos(np.pi * np.arange(8)[:, None] * (2 * n + 1) / (2 * HASH_SIDE))
+    signs = (-1.0) ** np.arange(8)[:, None]
+    cos = np.concatenate([half, signs * half[:, ::-1]], axis=1)  # C[k, 31-n] = ±C[k, n] exactly
+    kernel = np.einsum("km,ln->klmn", cos, cos).reshape(64, HASH_SIDE * HASH_SIDE)
+    hi = np.round(kernel * _HI_GRID) / _HI_GRID
+    lo = kernel - hi
+    assert np.array_equal(hi + lo, kernel)  # the split loses nothing
+    assert np.array_equal(np.round(lo * _LO_GRID) / _LO_GRID, lo)  # lo on its grid
+    return np.ascontiguousarray(np.concatenate([hi, lo]).T)
+
+
+@functools.lru_cache(maxsize=8)
+def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The DCT weights, the signs (+1, -1, ...) and the bit weights, kept on ``device``:
+    copied there once, not with every batch."""
+    import torch
+
+    weights = torch.from_numpy(_dct_weights()).to(device)
+    signs = torch.tensor([1.0, -1.0] * 4, dtype=torch.float64).to(device)
+    bit_weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8).to(device)
+    return weights, signs, bit_weights
+
+
+def _turned(low: torch.Tensor, steps: tuple[str, ...]) -> torch.Tensor:
+    """(B, 8, 8) DCT coefficients -> those of the images turned by ``steps``: a flip of
+    the rows negates the odd rows (k), of the columns the odd columns (l); a transpose
+    transposes. All exact."""
+    signs = _constants(low.device)[1]
+    for step in steps:
+        if step == "T":
+            low = low.transpose(-1, -2)
+        elif step == "rows":
+            low = low * signs[:, None]
+        else:
+            low = low * signs
+    return low
+
+
+def hash_bits(low: torch.Tensor) -> torch.Tensor:
+    """(..., 64) float64 coefficients -> (..., 8) uint8: each against the median of its 64
+    as numpy's (the mean of the 32nd and 33rd smallest: torch.median is the lower one),
+    greater is 1, packed eight to a byte as np.packbits packs them."""
+    import torch
+
+    middle = low.sort(dim=-1).values[..., 31:33]
+    median = (middle[..., 0:1] + middle[..., 1:2]) / 2
+    bits = (low > median).reshape(*low.shape[:-1], 8, 8).to(torch.uint8)
+    return (bits * _constants(low.device)[2]).sum(-1).to(torch.uint8)
+
+
+def dct_low(small: torch.Tensor) -> torch.Tensor:
+    """(B, 32, 32) uint8 -> (B, 8, 8) float64 on its device: the lowest DCT-II frequencies
+    (scipy's unnormalised ``dct(dct(x, axis=-2), axis=-1)[..., :8, :8]``), each rounded once
+    from its exact sum, and those within float noise of zero made zero."""
+    import torch
+
+    parts = small.reshape(len(small), -1).to(torch.float64) @ _constants(small.device)[0]
+    low = parts[:, :64] + parts[:, 64:]
+    return low.masked_fill(low.abs() < _ZERO, 0.0).view(-1, 8, 8)
+
+
+def torch_hashes(small: torch.Tensor) -> list[bytes]:
+    """``files.orientation_hashes`` of a (B, 32, 32) uint8 batch of grey images, bit for
+    bit, computed on the tensor's device (the DCT perceptual hash, imagehash.phash, in each
+    of the eight orientations): one exact product for the DCT, the orientations from its
+    signs and transposes, the medians and bits there too; only the (B, 64) bytes come back."""
+    import torch
+
+    if small.shape[0] == 0:
+        return []
+    low = dct_low(small)
+    turned = torch.stack([_turned(low, _TURN_STEPS[t]) for t in ORIENTATIONS], dim=1)
+    packed = hash_bits(turned.reshape(len(small), len(ORIENTATIONS), 64))
+    return [row.tobytes() for row in packed.reshape(len(small), -1).cpu().numpy()]
 
 
 def nvjpeg_decoder(device: torch.device) -> GpuDecode | None:
@@ -287,7 +368,8 @@ def prepare(
     tensor on the device) with their hashes filled in; None where the decoder refused a
     file or gave the wrong size. Photos of one stored size and orientation are reduced as
     the CPU path's draft decode reduces them, turned upright, resized and cropped together,
-    in groups of at most ``PREPARE_PIXELS`` decoded pixels."""
+    in groups of at most ``PREPARE_PIXELS`` decoded pixels; all their hashes are made on
+    the device at once, and only those bytes are copied back."""
     import torch
 
     out: list[Pixels | None] = [None] * len(headers)
@@ -309,8 +391,7 @@ def prepare(
             thumbs.append((part, hash_thumbnail(batch)))
     if thumbs:
         order = [i for part, _ in thumbs for i in part]
-        small = torch.cat([t for _, t in thumbs]).cpu().numpy()
-        for i, hashes in zip(order, batch_hashes(small)):
+        for i, hashes in zip(order, torch_hashes(torch.cat([t for _, t in thumbs]))):
             pixels = out[i]
             assert pixels is not None and pixels.facts is not None
             pixels.facts = replace(pixels.facts, hashes=hashes)

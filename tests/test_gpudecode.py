@@ -29,7 +29,7 @@ from imgsearch.files import (
     walk,
 )
 from imgsearch.models.efficientnet import EFFICIENTNET_LITE0_PREPROCESS as PREPROCESS
-from tests.conftest import sample
+from tests.conftest import SAMPLES, sample
 
 
 def jpeg(image: Image.Image, **options) -> bytes:
@@ -183,13 +183,130 @@ def test_a_decoder_error_reaches_the_consumer(mixed: Path):
         run_mixed(mixed, fails)
 
 
-def test_batched_hashes_are_the_cpu_paths_hashes():
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (5, 32, 32), dtype=np.uint8)
-    small[1] = np.asarray(sample("coffee").convert("L").resize((32, 32)))
-    got = gpudecode.batch_hashes(small)
-    want = [orientation_hashes(Image.fromarray(s, "L")) for s in small]
-    assert got == want
+def cpu_hashes(small: np.ndarray) -> list[bytes]:
+    return [orientation_hashes(Image.fromarray(s, "L")) for s in small]
+
+
+def generated_thumbnails() -> np.ndarray:
+    """Drawn 32x32 images: flat ones and ones whose DCT has many coefficients that are
+    exactly zero (scipy makes them exactly zero), so that ties at the median decide bits."""
+    m, n = np.mgrid[:32, :32]
+    images = [np.full((32, 32), c) for c in (0, 1, 7, 128, 254, 255)]
+    images += [
+        n * 8,  # gradients
+        m * 8,
+        (m + n) * 4,
+        np.where(n < 16, 0, 255),  # halves
+        np.where(m < 11, 40, 200),
+        ((m // 4 + n // 4) % 2) * 255,  # checkerboards
+        ((m + n) % 2) * 255,
+        (n % 3 == 0) * 255,  # stripes
+        (abs(m - 15.5) < 8) & (abs(n - 15.5) < 8),  # a centred square, a disc, rings
+        ((m - 15.5) ** 2 + (n - 15.5) ** 2 < 100) * 255,
+        np.hypot(m - 15.5, n - 15.5) * 10,
+        np.where(n < 10, 50, 51),  # almost flat
+    ]
+    rng = np.random.default_rng(3)
+    images += list(rng.integers(100, 103, (20, 32, 32)))  # three grey levels
+    images += list(rng.integers(0, 2, (20, 32, 32)) * 255)  # black and white
+    return np.stack(images).astype(np.uint8)
+
+
+def photo_thumbnails() -> np.ndarray:
+    return np.stack([np.asarray(sample(name).convert("L").resize((32, 32))) for name in SAMPLES])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_device_hashes_are_the_cpu_paths_hashes_in_every_orientation(orientation: int):
+    """Real photos' and drawn images' thumbnails, turned as an EXIF orientation turns them:
+    the same 64 bytes as files.orientation_hashes, bit for bit."""
+    small = torch.from_numpy(np.concatenate([photo_thumbnails(), generated_thumbnails()]))
+    turned = gpudecode.upright(small, orientation).contiguous()
+    assert gpudecode.torch_hashes(turned) == cpu_hashes(turned.numpy())
+
+
+def test_device_hashes_are_the_cpu_paths_hashes_for_random_thumbnails():
+    small = np.random.default_rng(0).integers(0, 256, (600, 32, 32), dtype=np.uint8)
+    assert gpudecode.torch_hashes(torch.from_numpy(small)) == cpu_hashes(small)
+    assert gpudecode.torch_hashes(torch.zeros(0, 32, 32, dtype=torch.uint8)) == []
+
+
+def test_flat_images_hash_as_numpy_hashes_them():
+    """A flat image's 63 higher frequencies are all zero: the median is zero and only its
+    mean (the first bit) is above it, in every orientation; black has no bit set."""
+    flat = np.stack([np.full((32, 32), c, np.uint8) for c in (0, 128)])
+    got = gpudecode.torch_hashes(torch.from_numpy(flat))
+    assert got == cpu_hashes(flat)
+    assert got == [bytes(64), (b"\x80" + bytes(7)) * 8]
+
+
+def numpy_bits(low: np.ndarray) -> np.ndarray:
+    return np.packbits(low > np.median(low, axis=-1, keepdims=True), axis=-1)
+
+
+def test_the_median_and_the_bits_are_numpys():
+    """Against np.median (the mean of the 32nd and 33rd smallest, as float64 adds them) and
+    np.packbits, on the values where that matters: equal values at the middle, many equal
+    values, and two neighbouring floats whose mean rounds to the larger one, which is then
+    not above the median (torch.median, the lower of the two, would say it is)."""
+    rng = np.random.default_rng(1)
+    rows = [rng.normal(0, 1000, 64)]
+    tied = rng.normal(0, 1000, 64)
+    tied[np.argsort(tied)[31:34]] = 5.0  # the 32nd to 34th equal
+    rows.append(tied)
+    rows.append(np.r_[1000.0, np.zeros(63)])  # a flat image's coefficients
+    rows.append(np.r_[np.zeros(40), np.ones(24)])
+    rows.append(np.r_[-np.ones(32), np.ones(32)])
+    close = rng.normal(0, 1000, 64)
+    order = np.argsort(close)
+    close[order[:31]], close[order[33:]] = -100.0, 100.0
+    a = 1 + 2.0**-52
+    close[order[31]], close[order[32]] = a, np.nextafter(a, 2)  # (a + b) / 2 rounds to b
+    rows.append(close)
+    low = np.stack(rows)
+    got = gpudecode.hash_bits(torch.from_numpy(low)).numpy()
+    assert np.array_equal(got, numpy_bits(low))
+    lower = torch.from_numpy(close).median()  # what the median must not be
+    assert not np.array_equal(np.packbits(close > lower.item()), numpy_bits(close))
+
+
+def test_the_dct_is_scipys_rounded_once_in_any_order():
+    """The low DCT block is scipy's to float noise; each coefficient is rounded once from
+    an exact sum, so the pixels added in any order give the same bits, and a mirrored or
+    transposed image's coefficients are exactly the upright one's with signs flipped or
+    transposed (scipy's own rounding may differ between those)."""
+    from scipy.fft import dct
+
+    rng = np.random.default_rng(2)
+    small = np.concatenate([photo_thumbnails(), rng.integers(0, 256, (50, 32, 32))])
+    small = torch.from_numpy(small.astype(np.uint8))
+    low = gpudecode.dct_low(small)
+    want = dct(dct(small.numpy().astype(np.float64), axis=1), axis=2)[:, :8, :8]
+    assert np.abs(low.numpy() - want).max() < 1e-8
+    weights = torch.from_numpy(gpudecode._dct_weights())
+    shuffle = torch.from_numpy(rng.permutation(32 * 32))
+    pixels = small.reshape(len(small), -1).double()
+    for order in (shuffle, shuffle.flip(0)):
+        parts = pixels[:, order] @ weights[order]
+        assert torch.equal(parts, pixels @ weights)
+    signs = torch.tensor([1.0, -1.0] * 4, dtype=torch.float64)
+    assert torch.equal(gpudecode.dct_low(small.transpose(1, 2).contiguous()), low.transpose(1, 2))
+    assert torch.equal(gpudecode.dct_low(small.flip(2).contiguous()), low * signs)
+    assert torch.equal(gpudecode.dct_low(small.flip(1).contiguous()), low * signs[:, None])
+
+
+def test_coefficients_equal_by_symmetry_stay_equal():
+    """Where scipy's rounding splits two equal coefficients at the median (a transposed
+    image's (2, 4) and (4, 2), 1e-12 apart) its bits depend on that rounding; here they
+    stay equal, and neither is above their median, as numpy's rule says of equal values."""
+    m, n = np.mgrid[:32, :32]
+    small = torch.from_numpy(((m * n) % 256).astype(np.uint8))[None]
+    low = gpudecode.dct_low(small)[0]
+    assert low[2, 4] == low[4, 2]
+    middle = low.flatten().sort().values[31:33]
+    assert middle[0] == middle[1] == low[2, 4]
+    bits = np.unpackbits(np.frombuffer(gpudecode.torch_hashes(small)[0][:8], np.uint8))
+    assert bits[2 * 8 + 4] == bits[4 * 8 + 2] == 0
 
 
 def test_resize_and_crop_match_preprocess_and_stretch():
