@@ -808,11 +808,11 @@ def stage_table(stages: dict[str, float], ceilings: dict[str, float], workers: i
         "read": f"reading + hashing, summed over {workers} workers",
         "decode": f"decoding + resizing + facts, summed over {workers} workers",
         "gpu_decode": "nvJPEG batches + resizing on the device (one thread)",
-        "gpu_read_wait": "that thread waiting for its files to be read (4 reader threads)",
+        "gpu_read_wait": "that thread waiting for its files to be read (reader processes)",
         "gpu_emit": "that thread handing photos on (waiting while the queue is full)",
         "model": "the model (main thread)",
         "captions": "caption search + combining (its thread)",
-        "write": "database writes (the writer thread)",
+        "write": "database writes (the writer thread, or process)",
         "waiting": "the model waiting for photos or for the caption queue",
     }
     lines = [f"{'stage':<14}{'seconds':>9}   {'alone images/s':>15}   what"]

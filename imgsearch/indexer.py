@@ -317,8 +317,9 @@ _POOLS: dict[tuple[int, str], ProcessPoolExecutor] = {}
 
 # Reader processes beside nvJPEG (``gpudecode.read_headers``): they read, hash and parse the
 # headers of the GPU's files, so the process feeding the GPU does none of it. About 0.2 ms a
-# 640x480 file and 3.5 ms a 12 MP one (hashing 3 MB): two keep up with nvJPEG at either size.
-GPU_READERS = 2
+# 640x480 file; a 12 MP one costs several (hashing 3 MB, its bytes sent back), and on the
+# H200 two readers fed nvJPEG only 113 of those a second, beside 14 busy decode processes.
+GPU_READERS = 4
 
 
 def _process_pool(workers: int, purpose: str = "decode") -> ProcessPoolExecutor:

@@ -182,6 +182,22 @@ def caption_check(model) -> None:  # noqa: ANN001
     print(f"     caption search on the GPU: {ms:.2f} ms per batch of 128 (with the copy back)")
 
 
+def hash_check(model) -> None:  # noqa: ANN001
+    """The perceptual hashes made on the device are the CPU's, bit for bit (the tests check
+    the CPU side against scipy; this checks the GPU's arithmetic gives the same bits)."""
+    import numpy as np
+    import torch
+
+    from imgsearch.gpudecode import torch_hashes
+
+    rng = np.random.default_rng(1)
+    small = torch.from_numpy(rng.integers(0, 256, (512, 32, 32), dtype=np.uint8))
+    flat = torch.full((4, 32, 32), 128, dtype=torch.uint8)
+    batch = torch.cat([small, flat])
+    same = torch_hashes(batch.to(model.device)) == torch_hashes(batch)
+    check(same, f"perceptual hashes on {model.device} = on the CPU, {len(batch)} thumbnails")
+
+
 def index_check(folder: Path, model_dir: Path, work: Path) -> None:
     import numpy as np
 
@@ -335,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         expected = special_files(folder, small[0])
         decode_check(folder, model, expected)
         caption_check(model)
+        hash_check(model)
         for name in [n for n, side in expected.items() if side == "error"]:
             (folder / name).unlink()  # the end-to-end check compares stored files only
         index_check(folder, model_dir, Path(tmp))
