@@ -64,7 +64,7 @@ from imgsearch.files import (
     valid_name,
     walk,
 )
-from imgsearch.gpudecode import MixedDecoder, nvjpeg_decoder
+from imgsearch.gpudecode import MixedDecoder, nvjpeg_decoder, side_stream
 from imgsearch.pipeline import ProcessStage, Stage
 from imgsearch.relations import short_caption
 from imgsearch.results import LISTED_MISSING, Description, IndexSummary, Skipped
@@ -285,10 +285,10 @@ class Loaded:
     pixels: Pixels
 
 
-# Cores left to this process beside nvJPEG: its thread feeding the GPU, the file readers,
-# the model's thread, the caption search and the writer. With a decode process on every
-# core the GPU side starved (the H200: 1,536 of 8,192 photos at 640x480).
-GPU_SIDE_CORES = 2
+# Cores left beside nvJPEG to the process feeding the GPU (its thread feeding nvJPEG, the
+# model's thread, the caption search) and to the reader and writer processes. With a decode
+# process on every core the GPU side starved (the H200: 1,536 of 8,192 photos at 640x480).
+GPU_SIDE_CORES = 3
 
 
 def default_workers(beside_gpu: bool = False) -> int:
@@ -697,7 +697,12 @@ def stack_pixels(items: list[Loaded], model: Model) -> np.ndarray | torch.Tensor
     # The CPU-decoded photos reach the device in one copy, not one each (a copy per photo
     # was a few thousand small transfers a second from the thread that runs the model).
     device = [i for i, a in enumerate(arrays) if not isinstance(a, np.ndarray)]
-    on_device = torch.stack([arrays[i] for i in device])  # type: ignore[misc]
+    made = [arrays[i] for i in device]
+    on_device = torch.stack(made)  # type: ignore[arg-type]
+    if on_device.is_cuda:  # made on nvJPEG's stream: not to be reused before this copy runs
+        current = torch.cuda.current_stream(on_device.device)
+        for tensor in made:
+            tensor.record_stream(current)  # type: ignore[union-attr]
     if not host:
         return on_device
     batch = on_device.new_empty((len(arrays), *on_device.shape[1:]))
@@ -894,7 +899,10 @@ def local_runner(
             if job.items:
                 assert job.vectors is not None and job.pixels is not None
                 vectors = job.vectors
-                captioned = describe_vectors(vectors, job.pixels, model, bank, settings, threads)
+                with side_stream(model.device):  # its copies back wait for it alone
+                    captioned = describe_vectors(
+                        vectors, job.pixels, model, bank, settings, threads
+                    )
                 job.pixels = None
                 write.put((records(job.items, vectors, captioned), skip_rows(job.bad)))
             else:
