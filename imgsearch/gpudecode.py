@@ -433,7 +433,10 @@ class MixedDecoder:
         self._total = len(files)
         self._lock = threading.Lock()
         self._refused: queue.SimpleQueue[FileInfo] = queue.SimpleQueue()
-        self._out: queue.Queue = queue.Queue(maxsize=max(4 * batch_size, 256))
+        # Photos travel to the consumer a batch or a chunk at a time: one hand-off each
+        # through a queue cost, at 640x480 on the H200, about 0.4 ms a photo of the
+        # consumer's time among the other threads of its process.
+        self._out: queue.Queue = queue.Queue(maxsize=max(8, -(-4 * batch_size // chunk)))
         self._gpu_done = threading.Event()
         self._stop = threading.Event()
         # read, decode: the CPU side's, summed over its workers; gpu_emit: handing the
@@ -461,10 +464,10 @@ class MixedDecoder:
 
         return run
 
-    def _emit(self, info: FileInfo, pixels: Pixels) -> None:
-        while not self._stop.is_set():
+    def _emit(self, made: list[tuple[FileInfo, Pixels]]) -> None:
+        while made and not self._stop.is_set():
             try:
-                self._out.put((info, pixels), timeout=0.1)
+                self._out.put(made, timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -525,13 +528,15 @@ class MixedDecoder:
                 stream.synchronize()
         self.seconds["gpu_decode"] += time.perf_counter() - start
         start = time.perf_counter()
+        good: list[tuple[FileInfo, Pixels]] = []
         for header, pixels in zip(headers, made):
             if pixels is None:
                 self._refused.put(header.info)
                 self.counts["refused"] += 1
             else:
-                self.counts["gpu"] += 1
-                self._emit(header.info, pixels)
+                good.append((header.info, pixels))
+        self.counts["gpu"] += len(good)
+        self._emit(good)
         self.seconds["gpu_emit"] += time.perf_counter() - start
 
     def _cpu_side(self) -> None:
@@ -551,11 +556,11 @@ class MixedDecoder:
                 time.sleep(0.005)  # the GPU side may still refuse files: wait for them
                 continue
             files, future = pending.pop(0)
-            for info, pixels in zip(files, future.result()):
-                self.counts["cpu"] += 1
-                self.seconds["read"] += pixels.read_s
-                self.seconds["decode"] += pixels.decode_s
-                self._emit(info, pixels)
+            done = list(zip(files, future.result()))
+            self.counts["cpu"] += len(done)
+            self.seconds["read"] += sum(pixels.read_s for _, pixels in done)
+            self.seconds["decode"] += sum(pixels.decode_s for _, pixels in done)
+            self._emit(done)
 
     def _refused_now(self) -> list[FileInfo]:
         out: list[FileInfo] = []
@@ -568,15 +573,17 @@ class MixedDecoder:
 
     def __iter__(self) -> Iterator[tuple[FileInfo, Pixels]]:
         try:
-            for _ in range(self._total):
-                item = self._next()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            left = self._total
+            while left > 0:
+                made = self._next()
+                if isinstance(made, BaseException):
+                    raise made
+                left -= len(made)
+                yield from made
         finally:
             self.close()
 
-    def _next(self) -> tuple[FileInfo, Pixels] | BaseException:
+    def _next(self) -> list[tuple[FileInfo, Pixels]] | BaseException:
         while True:
             try:
                 return self._out.get(timeout=1.0)
