@@ -331,8 +331,26 @@ def _process_pool(workers: int, purpose: str = "decode") -> ProcessPoolExecutor:
         # spawn: a forked child of a process running torch threads can deadlock.
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(workers, context, initializer=_quiet_worker)
+        _roomy_results(pool)
         _POOLS[workers, purpose] = pool
     return pool
+
+
+def _roomy_results(pool: ProcessPoolExecutor) -> None:
+    """Let the pipe that brings the workers' results back hold as much as Linux allows for
+    (1 MB unprivileged, not 64 KB): a chunk of 32 decoded photos is 4.8 MB, read by one
+    thread of this process that takes the interpreter lock again after every pipe-full, while
+    the worker waits to finish writing it; beside the model's, the caption search's and the
+    GPU feeder's threads each take could cost milliseconds. Best effort: elsewhere, or
+    should the pool's insides change, the pipe keeps its size."""
+    try:
+        import fcntl
+
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        reader = pool._result_queue._reader  # type: ignore[attr-defined]
+        fcntl.fcntl(reader.fileno(), fcntl.F_SETPIPE_SZ, min(limit, 4 << 20))
+    except (ImportError, OSError, ValueError, AttributeError):
+        pass
 
 
 def mixed_decoder(
