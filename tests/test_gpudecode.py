@@ -409,10 +409,9 @@ def test_a_batch_of_device_and_host_photos_keeps_the_items_order():
     assert isinstance(stack_pixels(items[::2], Model()), np.ndarray)  # all on the host
 
 
-@pytest.mark.skipif(not Path("/proc/sys/fs/pipe-max-size").exists(), reason="Linux only")
 def test_decode_pools_bring_results_back_through_a_roomy_pipe():
-    """A chunk of decoded photos is megabytes: the pool's result pipe is enlarged (to 1 MB
-    unprivileged) so that the thread reading it seldom needs the interpreter lock back."""
+    """A chunk of decoded photos is megabytes: the pool's result pipe is enlarged (Linux: to
+    1 MB unprivileged) so that the thread reading it seldom needs the interpreter lock back."""
     import fcntl
 
     from imgsearch.indexer import _process_pool
