@@ -124,6 +124,9 @@ def test_use_writer_process_only_beside_an_accelerator_for_long_runs(
 ) -> None:
     index = Index.create(_photos(tmp_path / "photos", 1), model="offline", captions=small_bank)
     many = indexer.WRITER_PROCESS_FILES
+    monkeypatch.setattr(index.embedding, "on_cpu", lambda: False)
+    assert not indexer.use_writer_process(index.embedding, many, index.store)  # off for now
+    monkeypatch.setattr(indexer, "WRITER_PROCESS_AUTO", True)
     monkeypatch.setattr(index.embedding, "on_cpu", lambda: True)
     assert not indexer.use_writer_process(index.embedding, many, index.store)
     monkeypatch.setattr(index.embedding, "on_cpu", lambda: False)
