@@ -622,6 +622,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-naive", action="store_true", help="leave out the naive path (slow on 12 MP photos)"
     )
+    parser.add_argument(
+        "--sample-threads",
+        action="store_true",
+        help="sample where each thread is during the imgsearch runs (benchmarks/thread_sampler.py)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
     args = parser.parse_args(argv)
     if args.images < WARMUP_IMAGES or args.batch_size < 1 or args.repeat < 1:
@@ -703,6 +708,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_naive:
             naive_name, naive_pre = naive_preprocessor(model_arg, model)
             paths_once["naive"] = naive_path(paths, model, naive_pre, args.batch_size)
+        sampler = None
+        if args.sample_threads:
+            from thread_sampler import ThreadSampler, sampled
+
+            sampler = ThreadSampler()
+            ours_once = sampled(sampler, ours_once)
         paths_once["imgsearch"] = ours_once
         if gpu:  # the CPU decoders alone too: what the GPU's share adds
             paths_once["decode_cpu_alone"] = decode_path(
@@ -772,6 +783,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peak_rss_mb": round(peak_rss_mb()),
         "note": note,
     }
+    if sampler is not None:
+        result["thread_samples"] = sampler.report()
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -787,6 +800,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(stages)
     print()
+    if sampler is not None:
+        print(result["thread_samples"])
+        print()
     for name, ratio in ratios.items():
         print(f"{name:<48}{ratio:>7.2f}")
     print(f"{'peak RSS (MB)':<48}{result['peak_rss_mb']:>7}")
