@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import os, sys, time
 T0 = float(os.environ["STARTUP_T0"])
-from imgsearch.models import checkpoint, offline
+from imgsearch.models import checkpoint, offline, onnx_runtime
 
 def mark(what):
     sys.stderr.write(f"STARTUP {what} {time.time() - T0:.3f}\n")
@@ -45,6 +45,7 @@ def wrap(cls):
 
 wrap(checkpoint.FeaturesModel)
 wrap(offline.OfflineModel)
+wrap(onnx_runtime.OnnxModel)  # a short run's model where an export is saved
 mark("interpreter")
 from imgsearch.cli import main
 mark("cli_imported")

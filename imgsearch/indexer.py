@@ -305,7 +305,7 @@ def use_processes(model: Model) -> bool:
     of times a second; decode threads would hold the GIL against it. On a CPU the model
     is the bottleneck and threads cost less (no process start, no copies).
     """
-    return model.device.type != "cpu"
+    return device_type(model) != "cpu"
 
 
 def _quiet_worker() -> None:
@@ -897,7 +897,7 @@ def local_runner(
     (``WRITER_PROCESS_FILES``, beside an accelerator)."""
 
     def run(files: list[FileInfo], writer: BatchWriter) -> None:
-        loading = _Loading(embedding)
+        loading = _Loading(embedding, quick_model(embedding, len(files)))
         stages = writer.stages
         for key in ("read", "decode", "model", "captions", "write", "waiting"):
             stages.setdefault(key, 0.0)
@@ -914,17 +914,19 @@ def local_runner(
             first = next(decoded, None)
             decoded = itertools.chain([] if first is None else [first], decoded)
             model = loading.result()
+            embedding.ran_with = model
         except BaseException:
             write.cancel()
             raise
         bank, settings = embedding.bank, embedding.settings
-        threads = 1 if model.device.type == "cpu" else None  # see CaptionBank.top
+        on_cuda = device_type(model) == "cuda"
+        threads = None if on_cuda else 1  # see CaptionBank.top
 
         def search(job: _Job) -> None:
             if job.items:
                 assert job.vectors is not None and job.pixels is not None
                 vectors = job.vectors
-                with side_stream(model.device):  # its copies back wait for it alone
+                with side_stream(model.device if on_cuda else None):  # waits for it alone
                     captioned = describe_vectors(
                         vectors, job.pixels, model, bank, settings, threads
                     )
@@ -976,7 +978,7 @@ FEW_FILES = 16
 @contextmanager
 def _model_threads(model: Model, threads: int | None) -> Iterator[None]:
     """Run a CPU model with ``threads`` torch threads (None: as they are) meanwhile."""
-    if threads is None or model.device.type != "cpu":
+    if threads is None or device_type(model) != "cpu":
         yield
         return
     from imgsearch.models import torch_threads
@@ -1007,14 +1009,40 @@ def _batches(decoded: Iterator[Loaded], batch_size: int) -> Iterator[tuple[_Job,
         yield job, waited
 
 
-class _Loading:
-    """The model loading on a thread of its own, so that decoding starts meanwhile."""
+# A run of fewer files than this on a CPU embeds them with the model's ONNX export where one
+# is saved already (an earlier run or query made it), and never imports torch: importing
+# torch and transformers and loading CLIP's weights took 3.4 of its 4.4 s to the first photo
+# on the 2-core machine (AMX), where the export embeds about 30 photos a second against
+# bfloat16 torch's 85 end to end, so it stays ahead up to about 160 photos; without AMX
+# (torch in int8 at 16 a second, 9 s to start) further still.
+QUICK_RUN_FILES = 128
 
-    def __init__(self, embedding: Embedding):
+
+def quick_model(embedding: Embedding, files: int) -> Model | None:
+    """The model's saved ONNX export for a short run on this CPU (``QUICK_RUN_FILES``); None
+    where the model itself runs it (loaded already, a long run, an accelerator, no export)."""
+    if embedding.loaded or files >= QUICK_RUN_FILES or not embedding.on_cpu():
+        return None
+    from imgsearch.models import saved_export
+
+    return saved_export(embedding.model_name, 1 if files < FEW_FILES else default_workers())
+
+
+def device_type(model: Model) -> str:
+    """'cpu', 'cuda'...: of a torch model's device, or of an ONNX export's ('cpu')."""
+    return str(getattr(model.device, "type", model.device))
+
+
+class _Loading:
+    """The model loading on a thread of its own, so that decoding starts meanwhile; or, for
+    a short run, the model's ONNX export, read at once (``quick_model``)."""
+
+    def __init__(self, embedding: Embedding, quick: Model | None = None):
         self.embedding = embedding
+        self.quick = quick
         self.error: BaseException | None = None
         self._thread = None
-        if not embedding.loaded:
+        if quick is None and not embedding.loaded:
             self._thread = threading.Thread(target=self._load, name="imgsearch-load", daemon=True)
             self._thread.start()
 
@@ -1025,6 +1053,8 @@ class _Loading:
             self.error = exc
 
     def result(self) -> Model:
+        if self.quick is not None:
+            return self.quick
         if self._thread is not None:
             while self._thread.is_alive():
                 self._thread.join(0.1)  # a short join: Ctrl-C still lands here
@@ -1048,12 +1078,13 @@ def _decoding(
     with nvJPEG on the GPU taking its share where torchvision is installed. ``workers``:
     None for one per core, less ``GPU_SIDE_CORES`` beside nvJPEG."""
     chosen = workers or default_workers()
-    preprocess = embedding.preprocess
+    # A short run's ONNX export says it too, without transformers reading the checkpoint.
+    preprocess = loading.quick.preprocess if loading.quick else embedding.preprocess
     if preprocess is not None and embedding.on_cpu():
         stub = _Preprocessing(preprocess)
         return _decoded(root, files, stub, chosen, batch_size, False, limits), None
     model = loading.result()
-    if gpu_decode is not False and model.device.type == "cuda":
+    if gpu_decode is not False and device_type(model) == "cuda":
         decode = nvjpeg_decoder(model.device)
         if decode is not None:
             chosen = workers or default_workers(beside_gpu=True)
@@ -1165,6 +1196,7 @@ class Embedding:
         self._model = model
         self._query_model: Model | None = None
         self._bank = bank
+        self.ran_with: Model | None = None  # the model of the last run, the export included
 
     @property
     def loaded(self) -> bool:
@@ -1172,8 +1204,10 @@ class Embedding:
 
     @property
     def precision(self) -> str | None:
-        """The number format the loaded model's images run in; None before it is loaded."""
-        return None if self._model is None else self._model.precision
+        """The number format the images of the last run were embedded in (the loaded model's,
+        or a short run's ONNX export's: float32); None before any ran."""
+        model = self._model if self._model is not None else self.ran_with
+        return None if model is None else model.precision
 
     @property
     def model(self) -> Model:

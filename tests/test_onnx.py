@@ -261,3 +261,49 @@ def test_an_int8_indexing_model_is_exported_from_a_float32_copy(
     assert os.environ["IMGSEARCH_PRECISION"] == "int8"  # left as it was
     monkeypatch.setenv("IMGSEARCH_PRECISION", "float32")
     assert_same_vectors(exported, load_model(str(tiny_clip), torch.device("cpu")))
+
+
+def test_a_short_run_embeds_with_the_saved_export_and_never_imports_torch(
+    tmp_path: Path, tiny_clip: Path, small_bank: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few new photos indexed by the CLI on a CPU: the model's export, saved by an earlier
+    run or query, embeds them; torch and transformers are never imported (seconds saved).
+    The vectors are the torch model's to float32 rounding, and the index records float32."""
+    from imgsearch import indexer, models
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "astronaut"):
+        sample(name).save(folder / f"{name}.jpg")
+    load_query_model(str(tiny_clip))  # the export is saved (made now, where no test made it)
+    with Index.create(folder, tmp_path / "torch.db", str(tiny_clip), small_bank) as index:
+        index.embedding.model  # noqa: B018 - loaded: this run is the torch model's
+        index.add()
+        _, paths, want = index.store.vectors("image_vector")
+    quick = tmp_path / "quick.db"
+    Index.create(folder, quick, str(tiny_clip), small_bank).close()
+    script = (
+        "import sys\nfrom imgsearch.cli import main\n"
+        f"sys.argv = ['imgsearch', 'index', {str(folder)!r}, '--db', {str(quick)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False False", out.stdout + out.stderr
+    with Index.open(quick) as index:
+        _, quick_paths, got = index.store.vectors("image_vector")
+        assert index.store.meta().get("precision", "float32") == "float32"
+        assert index.store.count() == 3
+    assert quick_paths == paths
+    assert (np.sum(want * got, axis=1) > 0.9999).all()
+
+    # A run of QUICK_RUN_FILES files or more is the torch model's.
+    loads = []
+    real = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    monkeypatch.setattr(indexer, "QUICK_RUN_FILES", 3)
+    with Index.create(folder, tmp_path / "long.db", str(tiny_clip), small_bank) as index:
+        index.add()
+    assert loads

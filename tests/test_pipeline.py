@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgsearch import ImgsearchError, Index
+from imgsearch import ImgsearchError, Index, indexer
 from imgsearch.models.checkpoint import FeaturesModel
 from imgsearch.pipeline import Stage
 from imgsearch.storage import ImageRecord, Store
@@ -113,6 +113,7 @@ def test_the_writer_runs_while_the_model_embeds_the_next_batch(
         return put(self, records, skipped)
 
     index = Index.create(folder, tmp_path / "index.db", str(tiny_clip), small_bank)
+    monkeypatch.setattr(indexer, "QUICK_RUN_FILES", 0)  # the torch model, not its export
     monkeypatch.setattr(FeaturesModel, "encode_images", encode_images)
     monkeypatch.setattr(Store, "put_images", put_images)
     summary = index.add(batch_size=4, workers=2)

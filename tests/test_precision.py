@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from imgsearch import ImgsearchError, Index
+from imgsearch import ImgsearchError, Index, indexer
 from imgsearch.models import load_model, precision
 from imgsearch.models.precision import ENV, cpu_flags, cpu_precision
 from tests.conftest import SAMPLES, sample
@@ -74,6 +74,7 @@ def test_a_cpu_without_support_keeps_float32_and_the_index_records_it(
     folder.mkdir()
     sample("chelsea").save(folder / "cat.jpg")
     monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(indexer, "QUICK_RUN_FILES", 0)  # the torch model, not its export
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"sse2", "avx2"}))
     with Index.create(folder, tmp_path / "plain.db", str(tiny_clip), small_bank) as index:
         assert index.model.precision == "float32"

@@ -122,6 +122,15 @@ def load_query_model(name: str, device: str | None = None) -> Model:
     return onnx_runtime.query_model(name, _files(name), lambda: reference_model(name))
 
 
+def saved_export(name: str, threads: int = 1) -> Model | None:
+    """``name``'s ONNX export on ``threads`` threads where one is saved and reads back; None
+    otherwise (never made here: making one needs the torch model, which is what a caller of
+    this would rather not load)."""
+    from imgsearch.models import onnx_runtime
+
+    return onnx_runtime.saved(model_id(name), _files(name), threads)
+
+
 def prepare_queries(model: Model) -> Model | None:
     """Export an indexing run's model for queries (once per model and weights), so that the
     first query after the run starts at once too; a no-op when that is done already.

@@ -279,6 +279,20 @@ def query_model(name: str, files: list[Path] | None, load_torch) -> Model:  # no
     return loaded[-1] if loaded else load_torch()
 
 
+def saved(name: str, files: list[Path] | None, threads: int = 1) -> OnnxModel | None:
+    """The export of ``name`` (read from ``files``) on ``threads`` threads if one is saved and
+    reads back, else None; nothing is made or removed."""
+    if runtime_missing() is not None:
+        return None
+    folder = export_folder(name, files)
+    if folder is None or not (folder / MANIFEST).is_file():
+        return None
+    try:
+        return OnnxModel(folder, threads)
+    except Exception:  # noqa: BLE001 - a damaged export: the torch model runs instead
+        return None
+
+
 def prepare(name: str, files: list[Path] | None, reference) -> OnnxModel | None:  # noqa: ANN001
     """The export of ``name`` (read from ``files``): read back, or made now from the float32
     CPU model ``reference()`` gives (loaded only then) unless an earlier try failed. None
