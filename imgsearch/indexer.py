@@ -1023,9 +1023,12 @@ def quick_model(embedding: Embedding, files: int) -> Model | None:
     where the model itself runs it (loaded already, a long run, an accelerator, no export)."""
     if embedding.loaded or files >= QUICK_RUN_FILES or not embedding.on_cpu():
         return None
-    from imgsearch.models import saved_export
+    threads = 1 if files < FEW_FILES else default_workers()
+    if threads not in embedding.exports:  # kept: a watcher's every batch would read it again
+        from imgsearch.models import saved_export
 
-    return saved_export(embedding.model_name, 1 if files < FEW_FILES else default_workers())
+        embedding.exports[threads] = saved_export(embedding.model_name, threads)
+    return embedding.exports[threads]
 
 
 def device_type(model: Model) -> str:
@@ -1197,6 +1200,7 @@ class Embedding:
         self._query_model: Model | None = None
         self._bank = bank
         self.ran_with: Model | None = None  # the model of the last run, the export included
+        self.exports: dict[int, Model | None] = {}  # short runs' ONNX export, by its threads
 
     @property
     def loaded(self) -> bool:
