@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,3 +147,27 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
         projection_dim=16,
     )
+
+
+def consistent_index(db: Path) -> int:
+    """Asserts the index is whole (integrity, no orphan caption, 20 captions an image,
+    facts for each image); the images stored."""
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+        saved = conn.execute("select count(*) from images").fetchone()[0]
+        orphans = conn.execute(
+            "select count(*) from image_captions where image_id not in (select id from images)"
+        ).fetchone()[0]
+        per_image = conn.execute(
+            "select count(*) from (select image_id from image_captions group by image_id"
+            " having count(*) != 20)"
+        ).fetchone()[0]
+        with_captions = conn.execute(
+            "select count(distinct image_id) from image_captions"
+        ).fetchone()[0]
+        facts = conn.execute("select count(*) from photo_facts").fetchone()[0]
+    finally:
+        conn.close()
+    assert (orphans, per_image) == (0, 0) and with_captions == saved and facts == saved
+    return saved

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from imgsearch import ImgsearchError, Index, indexer
 from imgsearch.pipeline import ProcessStage, Stage
 from imgsearch.storage import ImageRecord, Store
-from tests.conftest import sample
+from tests.conftest import consistent_index, sample
 from tests.test_index import _many_photos
 
 PHOTO_NAMES = ("chelsea", "coffee", "rocket", "astronaut")
@@ -71,30 +71,6 @@ def _stored(db: Path) -> dict[str, list]:
     finally:
         conn.close()
     return {"images": images, "captions": captions, "facts": facts, "skipped": skipped}
-
-
-def _consistent(db: Path) -> int:
-    """Asserts the index is whole (integrity, no orphan caption, 20 captions an image,
-    facts for each image); the images stored."""
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
-        saved = conn.execute("select count(*) from images").fetchone()[0]
-        orphans = conn.execute(
-            "select count(*) from image_captions where image_id not in (select id from images)"
-        ).fetchone()[0]
-        per_image = conn.execute(
-            "select count(*) from (select image_id from image_captions group by image_id"
-            " having count(*) != 20)"
-        ).fetchone()[0]
-        with_captions = conn.execute(
-            "select count(distinct image_id) from image_captions"
-        ).fetchone()[0]
-        facts = conn.execute("select count(*) from photo_facts").fetchone()[0]
-    finally:
-        conn.close()
-    assert (orphans, per_image) == (0, 0) and with_captions == saved and facts == saved
-    return saved
 
 
 def test_the_writer_process_stores_what_the_writer_thread_stores(
@@ -213,16 +189,8 @@ def test_a_full_disk_in_the_writer_process_is_the_writer_threads_one_line(
 
 def _whole_batches(db: Path) -> int:
     """Batches kept: each one whole (8 images, 20 captions each), the failed one not at all."""
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
-        paths = [r[0] for r in conn.execute("select path from images")]
-        captions = conn.execute("select count(*) from image_captions").fetchone()[0]
-    finally:
-        conn.close()
-    batches = {p.split("-")[0] for p in paths}
-    assert len(paths) == 8 * len(batches) and captions == 20 * len(paths)
-    return len(batches)
+    paths = _whole_batches_of(db, 8)
+    return len({p.split("-")[0] for p in paths})
 
 
 def test_a_database_error_in_the_writer_process_stops_the_run_as_the_thread_would(
@@ -245,7 +213,7 @@ def test_a_database_error_in_the_writer_process_stops_the_run_as_the_thread_woul
         with pytest.raises(sa.exc.DBAPIError) as error:
             _add(index, chosen)
         raised[chosen] = (type(error.value), str(error.value.orig))
-        assert _consistent(db) == 8  # two whole batches of 4
+        assert consistent_index(db) == 8  # two whole batches of 4
         with sqlite3.connect(db) as conn:
             conn.execute("drop trigger no_room")
         summary = _add(index, chosen)
@@ -346,7 +314,7 @@ def test_an_interrupted_or_killed_run_with_the_writer_process_leaves_a_whole_ind
     while time.time() < deadline and not all(map(_gone, children)):
         time.sleep(0.05)
     assert all(map(_gone, children)), "the writer process outlived its parent"
-    saved = _consistent(db)
+    saved = consistent_index(db)
     assert 8 <= saved < total
     index = Index.open(db)
     summary = index.add()
@@ -370,7 +338,8 @@ def test_a_writer_process_that_dies_is_one_clear_error(tmp_path: Path) -> None:
     _whole_batches_of(db, 2)
 
 
-def _whole_batches_of(db: Path, size: int) -> None:
+def _whole_batches_of(db: Path, size: int) -> list[str]:
+    """Asserts the index holds whole batches of ``size`` images, 20 captions each; its paths."""
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
@@ -379,6 +348,7 @@ def _whole_batches_of(db: Path, size: int) -> None:
     finally:
         conn.close()
     assert len(paths) % size == 0 and captions == 20 * len(paths)
+    return paths
 
 
 @contextmanager
