@@ -598,13 +598,14 @@ class MixedDecoder:
             thread.join(timeout=30)
 
 
-_STREAMS: dict[tuple[int, str], torch.cuda.Stream] = {}
+_STREAMS: dict[tuple[str, str], torch.cuda.Stream] = {}
 
 
 @contextmanager
 def side_stream(device: torch.device | None) -> Iterator[torch.cuda.Stream | None]:
-    """A CUDA stream of this thread's own on ``device`` made current meanwhile (None and
-    nothing changed off CUDA). nvJPEG and the caption search each run on one, beside the
+    """A CUDA stream of this thread's own (one per thread name) on ``device``, made current
+    meanwhile (None and nothing changed off CUDA). nvJPEG and the caption search each run on
+    one, beside the
     model's: on one stream each stage's wait for its results (``synchronize``, a copy back)
     waited for every other stage's kernels queued before them."""
     if device is None or device.type != "cuda":
@@ -612,7 +613,9 @@ def side_stream(device: torch.device | None) -> Iterator[torch.cuda.Stream | Non
         return
     import torch
 
-    key = (threading.get_ident(), str(device))
+    # By the thread's name, not its id: each run starts new threads, and a server's runs
+    # would otherwise leave a stream behind each.
+    key = (threading.current_thread().name, str(device))
     stream = _STREAMS.get(key)
     if stream is None:
         stream = _STREAMS[key] = torch.cuda.Stream(device)
