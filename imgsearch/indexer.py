@@ -894,7 +894,7 @@ def local_runner(
 
     ``writer_process``: commit from a child process instead (``pipeline.ProcessStage``;
     this process keeps counting, the progress bar and ``on_skip``); None decides by itself
-    (``WRITER_PROCESS_FILES``, beside an accelerator)."""
+    (``use_writer_process``: off while ``WRITER_PROCESS_AUTO`` is)."""
 
     def run(files: list[FileInfo], writer: BatchWriter) -> None:
         loading = _Loading(embedding, quick_model(embedding, len(files)))
