@@ -322,13 +322,9 @@ class Index:
     def _calibrate(self) -> None:
         """Record each vector method's tau as this collection's scores set it (see
         ``Method.calibrate``), so any model gets a sensible threshold with no labels."""
-        taus = {}
-        for method in scoring.names(ranking=True):
-            if not scoring.get(method).available(self.scoring):
-                continue  # an index made before the method's inputs were stored
-            tau = self.vectors.calibrated_tau(method)
-            if tau is not None:
-                taus[f"tau.{method}"] = str(tau)
+        # Only methods whose inputs are stored: an index made before some were has none.
+        methods = [m for m in scoring.names(ranking=True) if scoring.get(m).available(self.scoring)]
+        taus = {f"tau.{m}": str(tau) for m, tau in self.vectors.calibrated_taus(methods).items()}
         if taus:  # none below config.CALIBRATE_MIN images: tried again at the next change
             taus["calibration.images"] = str(self.store.count())
             taus["calibration.changes"] = "0"

@@ -80,6 +80,7 @@ class Rows:
         self.store = store
         self.ids = ids
         self._columns = dict(columns)
+        self._lists: tuple[np.ndarray, np.ndarray] | None = None
 
     def column(self, name: str) -> np.ndarray:
         if name not in self._columns:
@@ -87,7 +88,9 @@ class Rows:
         return self._columns[name]
 
     def caption_lists(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.store.caption_lists(self.ids)
+        if self._lists is None:  # read once: several methods may ask for them
+            self._lists = self.store.caption_lists(self.ids)
+        return self._lists
 
 
 class Method:

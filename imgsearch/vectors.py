@@ -58,24 +58,37 @@ class Vectors:
         """The method's tau from this collection's own scores (``Method.calibrate``) over
         random pairs of a random sample of its images; None below ``config.CALIBRATE_MIN``
         images, too few pairs to tell the unrelated ones' spread."""
-        scorer = scoring.get(method, ranking=True)
+        return self.calibrated_taus([method]).get(method)
+
+    def calibrated_taus(self, methods: list[str]) -> dict[str, float]:
+        """``calibrated_tau`` of each of ``methods`` (none below ``config.CALIBRATE_MIN``
+        images), from one sample read once: the stored columns and caption lists the
+        methods share are read for all of them together (an ``add()`` calibrates four
+        methods, and reading the sample four times cost most of its time)."""
+        scorers = [scoring.get(m, ranking=True) for m in methods]
         ids = np.array(sorted(self.store.ids_under("")), dtype=np.int64)
         if len(ids) < config.CALIBRATE_MIN:
-            return None
+            return {}
         rng = np.random.default_rng(0)
         chosen = np.sort(
             rng.choice(ids, size=min(config.CALIBRATE_SAMPLE, len(ids)), replace=False)
         )
-        columns = {c: self.store.vectors_for(c, chosen) for c in scorer.columns}
-        vectors = scorer.vectors(self.context, scoring.Rows(self.store, chosen, columns))
         a = rng.integers(0, len(chosen), config.CALIBRATE_PAIRS)
         b = rng.integers(0, len(chosen), config.CALIBRATE_PAIRS)
         a, b = a[a != b], b[a != b]
-        # Every pair's score from one product of the sample with itself (at most 2000 x
-        # 2000), not from gathering two rows per pair: 100,000 pairs of 7,000-d concept
-        # vectors would copy 5 GB, a minute on a busy small machine, at every add().
-        scores = vectors @ vectors.T
-        return round(scorer.calibrate(scores[a, b]), 4)
+        names = dict.fromkeys(c for s in scorers for c in s.columns)
+        rows = scoring.Rows(
+            self.store, chosen, {c: self.store.vectors_for(c, chosen) for c in names}
+        )
+        taus = {}
+        for scorer in scorers:
+            vectors = scorer.vectors(self.context, rows)
+            # Every pair's score from one product of the sample with itself (at most 2000
+            # x 2000), not from gathering two rows per pair: 100,000 pairs of 7,000-d
+            # concept vectors would copy 5 GB, a minute on a busy small machine.
+            scores = vectors @ vectors.T
+            taus[scorer.name] = round(scorer.calibrate(scores[a, b]), 4)
+        return taus
 
     # --- the search index ---------------------------------------------------
 

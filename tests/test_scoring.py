@@ -77,3 +77,33 @@ def test_an_unregistered_method_is_refused(library: Path) -> None:
         pytest.raises(ImgsearchError, match="unknown method 'top_caption'"),
     ):
         index.evaluate({"chelsea.jpg": "cat", "coffee.jpg": "cup"}, methods=["top_caption"])
+
+
+def test_caption_lists_come_back_in_the_order_asked_for_pages_and_samples(tmp_path: Path) -> None:
+    """A page (a dense id range, one query) and a sample spread over the collection (only
+    its rows) give each image its own stored list, best first, in the order of the ids."""
+    from imgsearch.storage import ImageRecord, Store
+
+    rng = np.random.default_rng(3)
+    store = Store.open(tmp_path / "index.db", create=True)
+    stored = {}
+    records = []
+    for i in range(40):
+        ids = rng.choice(500, size=5, replace=False).tolist()
+        scores = sorted(rng.random(5).round(4).tolist(), reverse=True)
+        stored[f"p{i:02d}.jpg"] = (ids, scores)
+        vector = rng.standard_normal(8).astype(np.float32)
+        records.append(ImageRecord(f"p{i:02d}.jpg", 1, 1, "h", 4, 4, vector, vector, ids, scores))
+    store.put_images(records)
+    by_path = {r.path: r.id for r in records}
+    for wanted in (
+        [by_path["p05.jpg"], by_path["p03.jpg"], by_path["p04.jpg"]],  # a page, out of order
+        [by_path["p39.jpg"], by_path["p00.jpg"], by_path["p20.jpg"]],  # sparse: a sample
+    ):
+        caption_ids, scores = store.caption_lists(np.array(wanted))
+        paths = {v: k for k, v in by_path.items()}
+        assert caption_ids.tolist() == [stored[paths[i]][0] for i in wanted]
+        assert np.allclose(scores, [stored[paths[i]][1] for i in wanted])
+    with pytest.raises(ImgsearchError, match="keeps no captions of image 999"):
+        store.caption_lists(np.array([by_path["p01.jpg"], 999]))
+    store.close()
