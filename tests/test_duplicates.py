@@ -15,7 +15,7 @@ from skimage import data
 from imgsearch import Index, cli
 from imgsearch.copies import Member, choose_keep, features, is_upscale, verify
 from imgsearch.files import PhotoFacts, jpeg_quality
-from imgsearch.storage import Store
+from imgsearch.storage import SCHEMA_VERSION, Store
 from tests.conftest import sample, write_photos
 from tests.test_cli import run
 
@@ -275,7 +275,7 @@ def test_exif_facts_are_stored_and_an_old_index_fills_them_in(
     try:
         assert {f.taken for f in store.facts().values()} == {"2023-07-14T18:30:05", None}
         assert np.array_equal(store.vectors("image_vector")[2], vectors)
-        assert store.meta()["schema_version"] == "3"
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION)
     finally:
         store.close()
 

@@ -252,3 +252,30 @@ def test_decoding_in_processes_gives_what_threads_give(photos: Path) -> None:
             assert a.array.dtype == np.uint8 and a.array.shape == (224, 224, 3)
             np.testing.assert_array_equal(a.array, b.array)
     assert sum(i.pixels.array is None for i in processes) == 1
+
+
+def test_an_index_of_schema_3_loses_its_caption_index_and_keeps_its_captions(
+    photos: Path, small_bank: Path
+) -> None:
+    """Schema 4 drops the caption_id index nothing used (it slowed every write); the
+    captions themselves stay as they were."""
+    from imgsearch.storage import SCHEMA_VERSION, Store
+
+    with make_index(photos, small_bank) as index:
+        index.add()
+        db = index.store.path
+        before = index.store.get(path="chelsea.jpg")
+    with sqlite3.connect(db) as conn:  # what imgsearch made before schema 4
+        conn.execute("CREATE INDEX ix_image_captions_caption_id ON image_captions (caption_id)")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    store = Store.open(db)
+    try:
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "4"
+        after = store.get(path="chelsea.jpg")
+    finally:
+        store.close()
+    with sqlite3.connect(db) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "ix_image_captions_caption_id" not in names
+    assert after is not None and before is not None
+    assert (after.caption_ids, after.caption_scores) == (before.caption_ids, before.caption_scores)
