@@ -411,7 +411,10 @@ def caption_path(
 def write_path(
     runs: Path, done: list[Any], described: list[Any], batch_size: int
 ) -> Callable[[], Timing]:
-    """Storing every batch's records, one transaction each, into a fresh database: alone."""
+    """Storing every batch's records, one transaction each, into a fresh database: alone,
+    under the writer lock as in ``add()`` (without it every batch's connection was the
+    database's last and closing it checkpointed the WAL: a slower ceiling than the real
+    writer's)."""
     from imgsearch.files import FileInfo
     from imgsearch.indexer import Loaded, records
     from imgsearch.storage import Store
@@ -428,8 +431,9 @@ def write_path(
         attempts += 1
         store = Store.open(runs / f"write-{attempts}.db", create=True)
         try:
-            for batch in batches:
-                store.put_images(batch)
+            with store.writer():  # as add() writes: the lock held, one connection kept open
+                for batch in batches:
+                    store.put_images(batch)
         finally:
             store.close()
 

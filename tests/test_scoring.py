@@ -103,7 +103,7 @@ def test_caption_lists_come_back_in_the_order_asked_for_pages_and_samples(tmp_pa
         caption_ids, scores = store.caption_lists(np.array(wanted))
         paths = {v: k for k, v in by_path.items()}
         assert caption_ids.tolist() == [stored[paths[i]][0] for i in wanted]
-        assert np.allclose(scores, [stored[paths[i]][1] for i in wanted])
+        assert np.array_equal(scores, np.float32([stored[paths[i]][1] for i in wanted]))
     with pytest.raises(ImgsearchError, match="keeps no captions of image 999"):
         store.caption_lists(np.array([by_path["p01.jpg"], 999]))
     store.close()
