@@ -1020,8 +1020,13 @@ QUICK_RUN_FILES = 128
 
 def quick_model(embedding: Embedding, files: int) -> Model | None:
     """The model's saved ONNX export for a short run on this CPU (``QUICK_RUN_FILES``); None
-    where the model itself runs it (loaded already, a long run, an accelerator, no export)."""
+    where the model itself runs it (loaded already, here or by another index of this
+    process; a long run, an accelerator, no export)."""
     if embedding.loaded or files >= QUICK_RUN_FILES or not embedding.on_cpu():
+        return None
+    from imgsearch.models import loaded_here
+
+    if loaded_here(embedding.model_name):
         return None
     threads = 1 if files < FEW_FILES else default_workers()
     if threads not in embedding.exports:  # kept: a watcher's every batch would read it again

@@ -572,7 +572,7 @@ class Store:
                     for r in records
                     for rank, (c, s) in enumerate(zip(r.caption_ids, r.caption_scores))
                 ]
-                if conn.dialect.name == "sqlite":
+                if JSON_CAPTION_ROWS and conn.dialect.name == "sqlite":
                     _insert_json(conn, image_captions_table, _CAPTION_COLUMNS, captions)
                 else:
                     _insert_rows(conn, image_captions_table, _CAPTION_COLUMNS, captions)
@@ -1073,6 +1073,11 @@ def _insert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], r
     names = ", ".join(quote(c) for c in columns)
     marks = ", ".join([mark] * len(columns))
     conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({names}) VALUES ({marks})", rows)
+
+
+# False: caption rows through executemany on SQLite too, as on PostgreSQL (what
+# benchmarks/add_variants.py compares against).
+JSON_CAPTION_ROWS = True
 
 
 def _insert_json(conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list) -> None:

@@ -299,6 +299,14 @@ def test_a_short_run_embeds_with_the_saved_export_and_never_imports_torch(
     assert quick_paths == paths
     assert (np.sum(want * got, axis=1) > 0.9999).all()
 
+    # Where this process has the torch model loaded already (here, by the first index),
+    # a short run is the model's too: the export would only be slower.
+    with Index.create(folder, tmp_path / "again.db", str(tiny_clip), small_bank) as index:
+        index.add()
+        assert index.embedding.ran_with is index.embedding.model
+        _, _, again = index.store.vectors("image_vector")
+    assert np.array_equal(again, want)
+
     # A run of QUICK_RUN_FILES files or more is the torch model's.
     loads = []
     real = models.load_model

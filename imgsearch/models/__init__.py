@@ -207,6 +207,14 @@ def fallback_note(reason: str) -> str:
 _loaded: dict[tuple[str, str], Model] = {}
 
 
+def loaded_here(name: str) -> bool:
+    """Whether this process holds ``name`` loaded on its CPU already (``_load``'s cache),
+    found without importing torch: a short run then has nothing to save by embedding with
+    the model's export instead (a server's, a benchmark's or a notebook's later runs)."""
+    name = model_id(name)
+    return any(key[0] == name and key[1] == "cpu" for key in _loaded)
+
+
 def _load(name: str, device: torch.device) -> Model:
     """Load once per process: models are only read, and loading takes seconds."""
     # The precision asked for is part of the key: a test or benchmark forcing one gets it.
