@@ -527,6 +527,22 @@ def imgsearch_path(
     return load_s, model, once, warm
 
 
+def with_writer_process(once: Callable[[], Timing]) -> Callable[[], Timing]:
+    """The imgsearch path with the writer in a child process wherever the indexer allows one
+    (``indexer.WRITER_PROCESS_AUTO`` on meanwhile: beside an accelerator, long runs)."""
+    from imgsearch import indexer
+
+    def run() -> Timing:
+        before = indexer.WRITER_PROCESS_AUTO
+        indexer.WRITER_PROCESS_AUTO = True
+        try:
+            return once()
+        finally:
+            indexer.WRITER_PROCESS_AUTO = before
+
+    return run
+
+
 def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
@@ -631,6 +647,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="sample where each thread is during the imgsearch runs (benchmarks/thread_sampler.py)",
     )
+    parser.add_argument(
+        "--writer-process",
+        action="store_true",
+        help="also time imgsearch with its writer in a child process (imgsearch_wproc)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
     args = parser.parse_args(argv)
     if args.images < WARMUP_IMAGES or args.batch_size < 1 or args.repeat < 1:
@@ -719,6 +740,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sampler = ThreadSampler()
             ours_once = sampled(sampler, ours_once)
         paths_once["imgsearch"] = ours_once
+        if args.writer_process:
+            paths_once["imgsearch_wproc"] = with_writer_process(ours_once)
         if gpu:  # the CPU decoders alone too: what the GPU's share adds
             paths_once["decode_cpu_alone"] = decode_path(
                 photos_dir, paths, model, workers, args.batch_size, False
@@ -756,6 +779,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         shared = sum(1 / r for r in ceilings.values())
         ratios["imgsearch/shared_cpu_ceiling"] = ours.rate * shared
     stages = stage_table(ours.stages or {}, ceilings, workers)
+    if "imgsearch_wproc" in chosen:
+        ratios["imgsearch_wproc/imgsearch"] = rates["imgsearch_wproc"] / ours.rate
+        wproc = stage_table(chosen["imgsearch_wproc"].stages or {}, ceilings, workers)
+        stages += "\n\nimgsearch_wproc (the writer in a child process):\n" + wproc
     size_text = f"{args.size[0]}x{args.size[1]}"
     note = (
         f"{weights}"

@@ -14,6 +14,7 @@ otherwise hold the GIL against the other stages (the writer beside a GPU).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing
 import os
 import pickle
@@ -25,6 +26,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from multiprocessing.connection import Connection
 from typing import Generic, TypeVar
 
 from imgsearch.errors import ImgsearchError
@@ -129,6 +131,13 @@ class ProcessStage(Generic[T]):
 
     One thread at a time uses it (the indexer's caption thread puts, then the main thread
     closes or cancels once that thread has stopped).
+
+    Starting a child (an interpreter, then the opener's module and what it imports) takes a
+    second or more; a run of a few seconds beside a GPU waited for it with its first
+    batches. So when a stage ends it leaves a spare child behind, started with the same
+    name and the opener's module imported, which the next stage of that name in this
+    process takes (a server's, a watcher's or a benchmark's next run); it waits for its
+    opener, and exits when this process does.
     """
 
     def __init__(
@@ -145,23 +154,10 @@ class ProcessStage(Generic[T]):
         self._done = done
         self._in_flight: deque[T] = deque()
         self._ended = False  # the child has gone (closed, cancelled, died)
-        context = multiprocessing.get_context("spawn")
-        self._conn, child_end = context.Pipe(duplex=True)
-        self._process = context.Process(
-            target=_child_main,
-            args=(child_end, opener, os.getpid()),
-            name=f"imgsearch-{name}",
-            daemon=True,  # ended at this interpreter's exit, should it get that far
-        )
-        # The child starts with SIGINT blocked until it has ignored it (the mask survives
-        # fork and exec): a Ctrl-C while it imports prints no traceback of its own.
-        blocked = _block_sigint()
-        try:
-            self._process.start()
-        finally:
-            _restore_mask(blocked)
-        child_end.close()  # only the child's copy is left: its death reads as EOF here
+        self._preload = _module_of(opener)
+        self._process, self._conn = _SPARES.pop(name, None) or _start_child(name, self._preload)
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._outbox.put(("open", opener))  # the child's first message, sent in order
         self._unsent = False  # the sender found the child gone
         self._sender = threading.Thread(
             target=self._send_all, name=f"imgsearch-{name}-send", daemon=True
@@ -182,7 +178,7 @@ class ProcessStage(Generic[T]):
             except (OSError, ValueError):  # the child has gone, or the pipe is closed
                 self._unsent = True
                 return
-            if message[0] != "put":
+            if message[0] not in ("open", "put"):
                 return
 
     def put(self, item: T) -> float:
@@ -268,7 +264,10 @@ class ProcessStage(Generic[T]):
             self.error = self.error or error
 
     def _finish(self, wait: float | None = None) -> None:
-        """The child has ended, or is told to: join it (killing it after ``wait`` s)."""
+        """The child has ended, or is told to: join it (killing it after ``wait`` s), and
+        leave a spare for the next stage of this name."""
+        if not self._ended:
+            _leave_spare(self.name, self._preload)
         self._ended = True
         self._outbox.put(None)  # the sender stops after what it is sending
         self._process.join(wait)
@@ -293,6 +292,15 @@ class ProcessStage(Generic[T]):
             raise self.error
 
 
+def _failing_opener(exc: Exception) -> Callable[[], AbstractContextManager[Callable]]:
+    @contextlib.contextmanager
+    def opener():  # noqa: ANN202 - a context manager
+        raise exc
+        yield
+
+    return opener
+
+
 def _block_sigint() -> set[int] | None:
     if not hasattr(signal, "pthread_sigmask"):
         return None
@@ -304,12 +312,65 @@ def _restore_mask(mask: set[int] | None) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def _child_main(conn, opener, parent: int) -> None:  # noqa: ANN001 - a Connection, a callable
-    """The child's side of ``ProcessStage``: a thread reads the pipe (so that the parent's
-    sends never wait for the work), this thread works through what it read, in order."""
+# Spare children by stage name: (process, the parent's end of its pipe). See ProcessStage.
+_SPARES: dict[str, tuple[multiprocessing.process.BaseProcess, Connection]] = {}
+
+
+def _module_of(opener: Callable[..., object]) -> str | None:
+    """The module an opener (a function, or a partial of one) lives in: what a spare
+    imports before it is needed."""
+    func = getattr(opener, "func", opener)
+    return getattr(func, "__module__", None)
+
+
+def _start_child(
+    name: str, preload: str | None
+) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    context = multiprocessing.get_context("spawn")
+    conn, child_end = context.Pipe(duplex=True)
+    process = context.Process(
+        target=_child_main,
+        args=(child_end, os.getpid(), preload),
+        name=f"imgsearch-{name}",
+        daemon=True,  # ended at this interpreter's exit, should it get that far
+    )
+    # The child starts with SIGINT blocked until it has ignored it (the mask survives fork
+    # and exec): a Ctrl-C while it imports prints no traceback of its own.
+    blocked = _block_sigint()
+    try:
+        process.start()
+    finally:
+        _restore_mask(blocked)
+    child_end.close()  # only the child's copy is left: its death reads as EOF here
+    return process, conn
+
+
+def _leave_spare(name: str, preload: str | None) -> None:
+    """Start the spare child for the next stage called ``name`` (one at most)."""
+    spare = _SPARES.get(name)
+    if spare is not None and spare[0].is_alive():
+        return
+    with contextlib.suppress(OSError, RuntimeError):  # no spare then: the next one starts its own
+        _SPARES[name] = _start_child(name, preload)
+
+
+def _child_main(conn, parent: int, preload: str | None) -> None:  # noqa: ANN001 - a Connection
+    """The child's side of ``ProcessStage``: it imports ``preload``, waits for its opener
+    (the first message), then a thread reads the pipe (so that the parent's sends never
+    wait for the work) while this thread works through what it read, in order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if preload:
+        with contextlib.suppress(Exception):  # a failed import shows again where it is used
+            importlib.import_module(preload)
+    try:
+        first = conn.recv()
+    except (EOFError, OSError):  # the parent ended without needing this spare
+        return
+    except Exception as exc:  # noqa: BLE001 - an opener that does not unpickle here
+        first = ("open", _failing_opener(exc))
+    opener = first[1]
     inbox: queue.Queue = queue.Queue()
     stop = threading.Event()  # cancelled, or the parent is gone: drop what is queued
 

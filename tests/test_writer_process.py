@@ -375,3 +375,28 @@ def test_cancel_lets_the_batch_in_hand_finish_and_drops_the_rest(tmp_path: Path)
     with sqlite3.connect(db) as conn:
         assert conn.execute("select count(*) from images").fetchone()[0] <= 8
     stage.cancel()  # again: nothing happens
+
+
+def test_a_stage_leaves_a_spare_child_that_the_next_one_takes(tmp_path: Path) -> None:
+    """Starting a child took a second or more, which a short run waited for: a stage that
+    ends leaves a spare (its opener's module imported), and the next stage of that name
+    takes it and writes through it; a spare exits when this process does."""
+    from imgsearch import pipeline
+
+    first_db, second_db = tmp_path / "first.db", tmp_path / "second.db"
+    for db in (first_db, second_db):
+        Store.open(db, create=True).close()
+    first = ProcessStage("spare-test", functools.partial(indexer._writing, first_db), depth=2)
+    first.put((_records(0, 2), []))
+    first.close()
+    spare, _ = pipeline._SPARES["spare-test"]
+    assert spare.is_alive() and spare.pid != first.pid
+    second = ProcessStage("spare-test", functools.partial(indexer._writing, second_db), depth=2)
+    assert second.pid == spare.pid and "spare-test" not in pipeline._SPARES
+    second.put((_records(1, 3), []))
+    second.close()
+    assert len(_whole_batches_of(first_db, 2)) == 2 and len(_whole_batches_of(second_db, 3)) == 3
+    left, _ = pipeline._SPARES.pop("spare-test")  # the one the second left: end it here
+    left.terminate()
+    left.join(10)
+    assert _gone(first.pid) and _gone(second.pid) and not left.is_alive()
