@@ -815,10 +815,10 @@ class BatchWriter:
 # starting the process costs about a second, which only a long run wins back.
 WRITER_PROCESS_FILES = 2048
 
-# Off by default until measured to pay: on the H200 every run with the writer process was
-# slower end to end than the runs with the writer thread before it (640x480, ViT-L/14: 0.52
-# of model-alone with the thread, 0.34-0.43 with the process), the caption search thread
-# that hands it batches busy 1.4-2.2 s instead of 0.2. Why is not known yet.
+# Off by default until measured to pay. Its runs on the H200 were slower than the thread's
+# while each started its child (a second or more, which the first batches waited for);
+# with a spare child ready (``pipeline.ProcessStage``) it measured 1.00x the thread for
+# ViT-B/32 and 1.08x for ViT-L/14 at 640x480, one sample each (docs/performance.md).
 WRITER_PROCESS_AUTO = False
 
 # Batches sent to the writer process and not yet committed: enough to keep it busy while
