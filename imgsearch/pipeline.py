@@ -134,7 +134,7 @@ class ProcessStage(Generic[T]):
 
     Starting a child (an interpreter, then the opener's module and what it imports) takes a
     second or more; a run of a few seconds beside a GPU waited for it with its first
-    batches. So when a stage ends it leaves a spare child behind, started with the same
+    batches. So when a stage closes it leaves a spare child behind, started with the same
     name and the opener's module imported, which the next stage of that name in this
     process takes (a server's, a watcher's or a benchmark's next run); it waits for its
     opener, and exits when this process does.
@@ -155,7 +155,7 @@ class ProcessStage(Generic[T]):
         self._in_flight: deque[T] = deque()
         self._ended = False  # the child has gone (closed, cancelled, died)
         self._preload = _module_of(opener)
-        self._process, self._conn = _SPARES.pop(name, None) or _start_child(name, self._preload)
+        self._process, self._conn = _take_spare(name) or _start_child(name, self._preload)
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._outbox.put(("open", opener))  # the child's first message, sent in order
         self._unsent = False  # the sender found the child gone
@@ -207,6 +207,7 @@ class ProcessStage(Generic[T]):
             while self._in_flight and self.error is None and not self._ended:
                 self._receive(block=True)
             self._finish()
+            _leave_spare(self.name, self._preload)  # not after a cancel: that ends a run
         self._raise()
         if self._in_flight:
             self._lost()
@@ -264,10 +265,7 @@ class ProcessStage(Generic[T]):
             self.error = self.error or error
 
     def _finish(self, wait: float | None = None) -> None:
-        """The child has ended, or is told to: join it (killing it after ``wait`` s), and
-        leave a spare for the next stage of this name."""
-        if not self._ended:
-            _leave_spare(self.name, self._preload)
+        """The child has ended, or is told to: join it (killing it after ``wait`` s)."""
         self._ended = True
         self._outbox.put(None)  # the sender stops after what it is sending
         self._process.join(wait)
@@ -345,6 +343,15 @@ def _start_child(
     return process, conn
 
 
+def _take_spare(name: str) -> tuple[multiprocessing.process.BaseProcess, Connection] | None:
+    """The spare child for a stage called ``name``, if one is waiting alive."""
+    spare = _SPARES.pop(name, None)
+    if spare is not None and not spare[0].is_alive():
+        spare[1].close()
+        return None
+    return spare
+
+
 def _leave_spare(name: str, preload: str | None) -> None:
     """Start the spare child for the next stage called ``name`` (one at most)."""
     spare = _SPARES.get(name)
@@ -370,6 +377,8 @@ def _child_main(conn, parent: int, preload: str | None) -> None:  # noqa: ANN001
         return
     except Exception as exc:  # noqa: BLE001 - an opener that does not unpickle here
         first = ("open", _failing_opener(exc))
+    if first[0] != "open":  # cancelled before its opener was sent
+        return
     opener = first[1]
     inbox: queue.Queue = queue.Queue()
     stop = threading.Event()  # cancelled, or the parent is gone: drop what is queued

@@ -379,8 +379,9 @@ def test_cancel_lets_the_batch_in_hand_finish_and_drops_the_rest(tmp_path: Path)
 
 def test_a_stage_leaves_a_spare_child_that_the_next_one_takes(tmp_path: Path) -> None:
     """Starting a child took a second or more, which a short run waited for: a stage that
-    ends leaves a spare (its opener's module imported), and the next stage of that name
-    takes it and writes through it; a spare exits when this process does."""
+    closes leaves a spare (its opener's module imported), and the next stage of that name
+    takes it and writes through it; a dead spare is passed over; a cancelled stage leaves
+    none."""
     from imgsearch import pipeline
 
     first_db, second_db = tmp_path / "first.db", tmp_path / "second.db"
@@ -396,7 +397,11 @@ def test_a_stage_leaves_a_spare_child_that_the_next_one_takes(tmp_path: Path) ->
     second.put((_records(1, 3), []))
     second.close()
     assert len(_whole_batches_of(first_db, 2)) == 2 and len(_whole_batches_of(second_db, 3)) == 3
-    left, _ = pipeline._SPARES.pop("spare-test")  # the one the second left: end it here
-    left.terminate()
+    left, _ = pipeline._SPARES["spare-test"]  # the one the second left: a dead spare is
+    os.kill(left.pid, signal.SIGKILL)  # passed over, and the next stage starts its own
     left.join(10)
-    assert _gone(first.pid) and _gone(second.pid) and not left.is_alive()
+    third = ProcessStage("spare-test", functools.partial(indexer._writing, second_db), depth=2)
+    assert third.pid != left.pid
+    third.cancel()  # a cancelled stage leaves no spare: it ends a run
+    assert "spare-test" not in pipeline._SPARES
+    assert all(_gone(p) for p in (first.pid, second.pid, third.pid)) and not left.is_alive()
