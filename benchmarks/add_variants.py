@@ -43,21 +43,18 @@ from index_speed import (  # noqa: E402 - after the path
     hardlink_or_copy,
     make_photos,
     parse_size,
+    proc_stat,
     save_random_clip,
 )
-
-HZ = os.sysconf("SC_CLK_TCK")
 
 
 def task_cpu() -> dict[int, float]:
     """CPU seconds of each thread of this process, by its native id (Linux)."""
     out = {}
     for stat in Path("/proc/self/task").glob("*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            out[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / HZ
-        except (OSError, IndexError, ValueError):
-            continue
+        read = proc_stat(stat)
+        if read is not None:
+            out[int(stat.parent.name)] = read[1]
     return out
 
 

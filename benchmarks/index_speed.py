@@ -267,18 +267,25 @@ def _cpu_jiffies() -> tuple[float, float]:
     return (total - fields[3] - fields[4]) / hz, total / hz
 
 
+def proc_stat(stat: Path) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) from a /proc/PID/stat or /proc/PID/task/TID/stat file; None
+    where it cannot be read (the process or thread has gone)."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        # fields[1] is the parent's pid; [11], [12]: user, system ticks
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _own_cpu() -> float:
     """CPU seconds of this process and its children, live ones included (decode workers)."""
     own = sum(os.times()[:4])
-    me = str(os.getpid())
-    hz = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[1] == me:  # fields[1] is the parent's pid; [11], [12]: user, system ticks
-            own += (int(fields[11]) + int(fields[12])) / hz
+        read = proc_stat(stat)
+        if read is not None and read[0] == me:
+            own += read[1]
     return own
 
 
