@@ -865,11 +865,13 @@ class Store:
         # Rows come grouped by image, best first: each image's run of rows is found from
         # its first row and its count, in one pass of numpy rather than a loop per row.
         table = np.array([tuple(r) for r in rows], dtype=np.float64).reshape(-1, 3)
-        owners, first, counts = np.unique(table[:, 0].astype(np.int64), True, False, True)
-        at = np.minimum(np.searchsorted(owners, wanted), max(len(owners) - 1, 0))
-        if not len(owners) or (owners[at] != wanted).any():
-            lost = wanted[~np.isin(wanted, owners)][0]
-            raise ImgsearchError(f"the index at {self.name} keeps no captions of image {lost}")
+        owners, first, counts = np.unique(
+            table[:, 0].astype(np.int64), return_index=True, return_counts=True
+        )
+        lost = wanted[~np.isin(wanted, owners)]
+        if len(lost):
+            raise ImgsearchError(f"the index at {self.name} keeps no captions of image {lost[0]}")
+        at = np.searchsorted(owners, wanted)
         width = int(counts[at].min())
         picked = first[at][:, None] + np.arange(width)
         caption_ids = table[picked, 1].astype(np.int64)
