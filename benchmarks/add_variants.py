@@ -12,6 +12,8 @@ order given; the first run of a process also starts its decode pools, so start w
 - ``default``: as ``imgsearch index`` runs;
 - ``executemany``: caption rows through executemany (``storage.JSON_CAPTION_ROWS`` off);
 - ``writer-process``: the writer in a child process;
+- ``reader-bytes``: reader processes send each file's bytes back with its header
+  (``gpudecode.READERS_SEND_BYTES``), as before they were read again by the GPU's thread;
 - ``w<N>``: N decode workers; ``cpu-decode``: no nvJPEG;
 - ``switch<MS>``: ``sys.setswitchinterval`` at MS milliseconds meanwhile;
 - ``sampled``: with ``thread_sampler`` running, its report printed after.
@@ -175,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.read_bytes()
     import torch
 
-    from imgsearch import api, indexer, storage
+    from imgsearch import api, gpudecode, indexer, storage
     from imgsearch.api import Index
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -254,11 +256,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def nothing() -> Callable[[], None]:
         return lambda: None
 
-    def flag(value: bool) -> Callable[[], Callable[[], None]]:
+    def flag(
+        value: bool, module: Any = storage, name: str = "JSON_CAPTION_ROWS"
+    ) -> Callable[[], Callable[[], None]]:
         def setup() -> Callable[[], None]:
-            before = storage.JSON_CAPTION_ROWS
-            storage.JSON_CAPTION_ROWS = value
-            return lambda: setattr(storage, "JSON_CAPTION_ROWS", before)
+            before = getattr(module, name)
+            setattr(module, name, value)
+            return lambda: setattr(module, name, before)
 
         return setup
 
@@ -276,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             once(name, nothing)
         elif name == "executemany":
             once(name, flag(False))
+        elif name == "reader-bytes":
+            once(name, flag(True, gpudecode, "READERS_SEND_BYTES"))
         elif name == "writer-process":
             once(name, nothing, writer_process=True)
         elif name == "cpu-decode":

@@ -69,15 +69,17 @@ HASH_SIDE = 32  # the grey image the perceptual hashes are computed from (files.
 
 @dataclass
 class Header:
-    """A file read for the GPU: its bytes, their hash, and what its header says."""
+    """A file read for the GPU: its bytes (None where a reader process read it: the GPU's
+    thread reads it again, ``MixedDecoder.bytes_of``), their hash, and what its header says."""
 
     info: FileInfo
-    data: bytes
+    data: bytes | None
     hash: str
     width: int  # as stored, before the EXIF orientation
     height: int
     orientation: int
     facts: Pixels  # width/height upright and the facts without hashes; array None for now
+    size: int = 0  # of the bytes read and hashed
 
 
 def route(image: Image.Image, limits: Limits = DEFAULT_LIMITS) -> str | None:
@@ -98,9 +100,12 @@ def route(image: Image.Image, limits: Limits = DEFAULT_LIMITS) -> str | None:
     return None
 
 
-def read_header(info: FileInfo, root: Path, limits: Limits = DEFAULT_LIMITS) -> Header | str:
+def read_header(
+    info: FileInfo, root: Path, limits: Limits = DEFAULT_LIMITS, keep_data: bool = True
+) -> Header | str:
     """Read and hash a file and check its header: a ``Header`` for the GPU, or why the CPU
-    path must take it (then it reads the file again: only the exceptions pay that)."""
+    path must take it (then it reads the file again: only the exceptions pay that).
+    ``keep_data``: False leaves the bytes out of the header (a reader process's)."""
     try:
         data = read_file(root / info.path, limits.max_file_size, follow_symlinks=False)
         with warnings.catch_warnings():
@@ -121,15 +126,26 @@ def read_header(info: FileInfo, root: Path, limits: Limits = DEFAULT_LIMITS) -> 
         return f"unreadable header: {exc}"
     upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     pixels = Pixels(None, upright[0], upright[1], file_hash(data), facts=facts)
-    return Header(info, data, pixels.hash, width, height, orientation, pixels)
+    kept = data if keep_data else None
+    return Header(info, kept, pixels.hash, width, height, orientation, pixels, len(data))
 
 
-def read_headers(root: Path, files: Sequence[FileInfo], limits: Limits) -> list[Header | str]:
+# Whether reader processes send each file's bytes back with its header. They do not: the
+# pool's result thread then held the interpreter lock for 47% of the samples in which any
+# thread of the process held it (py-spy --gil, 640x480 on the H200), copying pipe-fulls and
+# unpickling, where the GPU's thread reading the file again from the page cache lets go of
+# it for the read. The benchmark's ``reader-bytes`` variant turns it back on.
+READERS_SEND_BYTES = False
+
+
+def read_headers(
+    root: Path, files: Sequence[FileInfo], limits: Limits, keep_data: bool = True
+) -> list[Header | str]:
     """``read_header`` for several files in one task, for reader processes: parsing headers
     and EXIF with PIL, in the process that feeds the GPU, held its interpreter lock against
     the model, the caption search and the writer (640x480 on the H200: every stage there
-    ran 3-50 times slower than alone). Each file's bytes travel back with its header."""
-    return [read_header(info, root, limits) for info in files]
+    ran 3-50 times slower than alone)."""
+    return [read_header(info, root, limits, keep_data) for info in files]
 
 
 def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -490,9 +506,9 @@ class MixedDecoder:
                     if not files:
                         exhausted = True
                         break
-                    reading.append(
-                        (files, readers.submit(read_headers, self.root, files, self.limits))
-                    )
+                    keep = own is not None or READERS_SEND_BYTES  # threads share the bytes
+                    task = readers.submit(read_headers, self.root, files, self.limits, keep)
+                    reading.append((files, task))
                 if not reading:
                     break
                 start = time.perf_counter()
@@ -515,12 +531,33 @@ class MixedDecoder:
                 own.shutdown(wait=True, cancel_futures=True)
             self._gpu_done.set()
 
+    def bytes_of(self, header: Header) -> bytes | None:
+        """A header's file bytes: kept, or read again here (the read lets go of the
+        interpreter lock); None where the file is gone or changed size since its hash."""
+        if header.data is not None:
+            return header.data
+        try:
+            data = read_file(self.root / header.info.path, self.limits.max_file_size, False)
+        except BadImage:
+            return None
+        return data if len(data) == header.size else None
+
     def _decode_batch(self, headers: list[Header]) -> None:
+        start = time.perf_counter()
+        kept = []
+        for header in headers:
+            data = self.bytes_of(header)
+            if data is None:  # the CPU path reads it again and says what is wrong
+                self._refused.put(header.info)
+                self.counts["refused"] += 1
+            else:
+                header.data = data
+                kept.append(header)
+        headers = kept
         if not headers:
             return
-        start = time.perf_counter()
         with side_stream(getattr(self.decode, "device", None)) as stream:
-            decoded = self.decode([h.data for h in headers])
+            decoded = self.decode([h.data for h in headers])  # type: ignore[misc]
             made = prepare(headers, decoded, self.preprocess)
             if stream is not None:
                 # Only this stream's work: a device-wide wait here also waited for the

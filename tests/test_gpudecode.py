@@ -379,8 +379,9 @@ def test_photos_prepared_together_are_prepared_as_one_at_a_time(mixed: Path):
 
 
 def test_the_indexers_decode_stage_reads_headers_in_processes(mixed: Path):
-    """``indexer.mixed_decoder``: the GPU side's headers come from reader processes (their
-    bytes pickled back), and every file still comes out once, as the threads make it."""
+    """``indexer.mixed_decoder``: the GPU side's headers come from reader processes (the
+    bytes read again by the GPU's thread), and every file still comes out once, as the
+    threads make it."""
     from imgsearch.indexer import mixed_decoder
 
     files, threads_out, _ = run_mixed(mixed)
@@ -390,6 +391,28 @@ def test_the_indexers_decode_stage_reads_headers_in_processes(mixed: Path):
     assert decoder.counts["gpu"] >= 1 and decoder.counts["refused"] >= 1
     for path, pixels in out.items():
         assert (pixels.error, pixels.hash) == (threads_out[path].error, threads_out[path].hash)
+
+
+def test_a_reader_process_header_is_read_again_and_a_changed_file_refused(mixed: Path):
+    """A reader process hashes the file and sends back its header without the bytes; the
+    GPU's thread reads them again, and a file that changed size meanwhile (or is gone)
+    goes to the CPU path rather than decoding other bytes than those hashed."""
+    path = mixed / "baseline.jpg"
+    info = next(f for f in walk(mixed) if f.path == "baseline.jpg")
+    header = gpudecode.read_header(info, mixed, LIMITS, keep_data=False)
+    assert header.data is None and header.size == path.stat().st_size
+    assert header.hash == file_hash(path.read_bytes())
+    with ThreadPoolExecutor(1) as cpu:
+        decoder = gpudecode.MixedDecoder(mixed, [], PREPROCESS, cpu, gpudecode.pil_decoder)
+        assert decoder.bytes_of(header) == path.read_bytes()
+        with path.open("ab") as grown:
+            grown.write(b"more")
+        assert decoder.bytes_of(header) is None
+        path.unlink()
+        assert decoder.bytes_of(header) is None
+        decoder._decode_batch([header])
+        assert decoder._refused_now() == [info] and decoder.counts["refused"] == 1
+        decoder.close()
 
 
 def test_a_batch_of_device_and_host_photos_keeps_the_items_order():
