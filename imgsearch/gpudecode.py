@@ -131,10 +131,11 @@ def read_header(
 
 
 # Whether reader processes send each file's bytes back with its header. They do not: the
-# pool's result thread then held the interpreter lock for 47% of the samples in which any
-# thread of the process held it (py-spy --gil, 640x480 on the H200), copying pipe-fulls and
-# unpickling, where the GPU's thread reading the file again from the page cache lets go of
-# it for the read. The benchmark's ``reader-bytes`` variant turns it back on.
+# process pools' result threads (these bytes, and the CPU decoders' pixels) held the
+# interpreter lock in 58% of the samples in which a thread held it during the pipeline
+# (py-spy --gil, 640x480 on the H200), copying pipe-fulls and unpickling; the GPU's thread
+# reading the file again from the page cache lets go of the lock for the read. The
+# benchmark's ``reader-bytes`` variant turns it back on.
 READERS_SEND_BYTES = False
 
 
