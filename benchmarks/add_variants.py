@@ -13,7 +13,7 @@ order given; the first run of a process also starts its decode pools, so start w
 - ``executemany``: caption rows through executemany (``storage.JSON_CAPTION_ROWS`` off);
 - ``writer-process``: the writer in a child process;
 - ``reader-bytes``: reader processes send each file's bytes back with its header
-  (``gpudecode.READERS_SEND_BYTES``), as before they were read again by the GPU's thread;
+  (``gpudecode.READERS_SEND_BYTES``), as before the GPU's thread read them again;
 - ``w<N>``: N decode workers; ``cpu-decode``: no nvJPEG;
 - ``switch<MS>``: ``sys.setswitchinterval`` at MS milliseconds meanwhile;
 - ``sampled``: with ``thread_sampler`` running, its report printed after.

@@ -79,7 +79,7 @@ class Header:
     height: int
     orientation: int
     facts: Pixels  # width/height upright and the facts without hashes; array None for now
-    size: int = 0  # of the bytes read and hashed
+    size: int  # of the bytes read and hashed
 
 
 def route(image: Image.Image, limits: Limits = DEFAULT_LIMITS) -> str | None:
@@ -498,6 +498,7 @@ class MixedDecoder:
             readers = own = ThreadPoolExecutor(4, thread_name_prefix="imgsearch-read")
         reading: deque[tuple[list[FileInfo], Future[list[Header | str]]]] = deque()
         ahead = max(2, -(-2 * self.batch_size // self.chunk))  # chunks in flight
+        keep = own is not None or READERS_SEND_BYTES  # threads share the bytes
         pending: list[Header] = []
         exhausted = False
         try:
@@ -507,7 +508,6 @@ class MixedDecoder:
                     if not files:
                         exhausted = True
                         break
-                    keep = own is not None or READERS_SEND_BYTES  # threads share the bytes
                     task = readers.submit(read_headers, self.root, files, self.limits, keep)
                     reading.append((files, task))
                 if not reading:
@@ -520,8 +520,7 @@ class MixedDecoder:
                     if isinstance(header, Header):
                         pending.append(header)
                     else:
-                        self._refused.put(info)
-                        self.counts["refused"] += 1
+                        self._refuse(info)
                 if len(pending) >= self.batch_size or (exhausted and not reading):
                     self._decode_batch(pending)
                     pending = []
@@ -531,6 +530,11 @@ class MixedDecoder:
             if own is not None:
                 own.shutdown(wait=True, cancel_futures=True)
             self._gpu_done.set()
+
+    def _refuse(self, info: FileInfo) -> None:
+        """Send a file the GPU side cannot take to the CPU side."""
+        self._refused.put(info)
+        self.counts["refused"] += 1
 
     def bytes_of(self, header: Header) -> bytes | None:
         """A header's file bytes: kept, or read again here (the read lets go of the
@@ -549,8 +553,7 @@ class MixedDecoder:
         for header in headers:
             data = self.bytes_of(header)
             if data is None:  # the CPU path reads it again and says what is wrong
-                self._refused.put(header.info)
-                self.counts["refused"] += 1
+                self._refuse(header.info)
             else:
                 header.data = data
                 kept.append(header)
@@ -569,8 +572,7 @@ class MixedDecoder:
         good: list[tuple[FileInfo, Pixels]] = []
         for header, pixels in zip(headers, made):
             if pixels is None:
-                self._refused.put(header.info)
-                self.counts["refused"] += 1
+                self._refuse(header.info)
             else:
                 good.append((header.info, pixels))
         self.counts["gpu"] += len(good)
