@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,14 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
         projection_dim=16,
     )
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child the test stops with SIGINT: SIGINT at its default, as a
+    terminal's foreground command has it. A test run started in the background by a shell
+    without job control (``cmd &`` in a script) inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler: the child would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def consistent_index(db: Path) -> int:

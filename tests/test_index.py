@@ -15,7 +15,7 @@ import pytest
 
 import imgsearch.models
 from imgsearch import ImgsearchError, Index
-from tests.conftest import consistent_index, sample, write_photos
+from tests.conftest import consistent_index, ctrl_c_as_in_a_terminal, sample, write_photos
 
 
 def make_index(root: Path, bank: Path, **kwargs) -> Index:
@@ -169,7 +169,13 @@ def test_interrupted_run_leaves_a_consistent_index_and_the_next_run_goes_on(
         "--workers",
         "1",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
+    )
     deadline = time.time() + 120
     count = 0
     while time.time() < deadline and process.poll() is None:

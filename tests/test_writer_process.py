@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from imgsearch import ImgsearchError, Index, indexer
 from imgsearch.pipeline import ProcessStage, Stage
 from imgsearch.storage import ImageRecord, Store
-from tests.conftest import consistent_index, sample
+from tests.conftest import consistent_index, ctrl_c_as_in_a_terminal, sample
 from tests.test_index import _many_photos
 
 PHOTO_NAMES = ("chelsea", "coffee", "rocket", "astronaut")
@@ -286,6 +286,7 @@ def test_an_interrupted_or_killed_run_with_the_writer_process_leaves_a_whole_ind
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # a process group of its own, as a terminal's Ctrl-C hits
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
     deadline = time.time() + 120
     count = 0
