@@ -14,6 +14,8 @@ order given; the first run of a process also starts its decode pools, so start w
 - ``writer-process``: the writer in a child process;
 - ``reader-bytes``: reader processes send each file's bytes back with its header
   (``gpudecode.READERS_SEND_BYTES``), as before the GPU's thread read them again;
+- ``pipe-pixels``: the CPU decoders' photos back through their result pipe, not shared
+  memory (``slabs.ENABLED`` off);
 - ``w<N>``: N decode workers; ``cpu-decode``: no nvJPEG;
 - ``switch<MS>``: ``sys.setswitchinterval`` at MS milliseconds meanwhile;
 - ``sampled``: with ``thread_sampler`` running, its report printed after.
@@ -177,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.read_bytes()
     import torch
 
-    from imgsearch import api, gpudecode, indexer, storage
+    from imgsearch import api, gpudecode, indexer, slabs, storage
     from imgsearch.api import Index
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -282,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             once(name, flag(False))
         elif name == "reader-bytes":
             once(name, flag(True, gpudecode, "READERS_SEND_BYTES"))
+        elif name == "pipe-pixels":
+            once(name, flag(False, slabs, "ENABLED"))
         elif name == "writer-process":
             once(name, nothing, writer_process=True)
         elif name == "cpu-decode":

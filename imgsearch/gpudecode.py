@@ -27,7 +27,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,10 +46,10 @@ from imgsearch.files import (
     Preprocess,
     ends_as_jpeg,
     file_hash,
-    load_chunk,
     photo_facts,
     read_file,
 )
+from imgsearch.slabs import Job, Slabs
 
 if TYPE_CHECKING:
     import torch
@@ -423,7 +423,8 @@ class MixedDecoder:
     next files when it has room, so the faster one takes the larger share and neither
     waits (issue 17: nvJPEG plus 15 CPU processes beat either alone).
 
-    ``cpu`` runs ``files.load_chunk`` (a process pool beside a GPU); ``decode`` is the GPU
+    ``cpu`` runs ``files.load_chunk`` (a process pool beside a GPU: the photos come back
+    through shared memory, ``slabs``; a thread pool in tests); ``decode`` is the GPU
     decoder (``nvjpeg_decoder``, or any function of the same shape in tests). Items come out
     in no fixed order as (FileInfo, Pixels); every file comes out exactly once.
     """
@@ -459,7 +460,8 @@ class MixedDecoder:
         # read, decode: the CPU side's, summed over its workers; gpu_emit: handing the
         # GPU's photos on (waiting on a full queue).
         self.seconds = dict.fromkeys(("read", "decode", "gpu_decode", "read_wait", "gpu_emit"), 0.0)
-        self.counts = {"gpu": 0, "cpu": 0, "refused": 0}
+        # shared: the CPU side's photos that came back through shared memory (``slabs``)
+        self.counts = {"gpu": 0, "cpu": 0, "refused": 0, "shared": 0}
         self._threads = [
             threading.Thread(target=self._guard(self._gpu_side), name="imgsearch-gpu-decode"),
             threading.Thread(target=self._guard(self._cpu_side), name="imgsearch-cpu-decode"),
@@ -581,22 +583,32 @@ class MixedDecoder:
 
     def _cpu_side(self) -> None:
         """Decode chunks in the CPU pool, a few ahead; refused files first."""
-        pending: list[tuple[list[FileInfo], Future[list[Pixels]]]] = []
+        pending: list[tuple[list[FileInfo], Job]] = []
+        # Slots for the chunks in flight, where the CPU side is a process pool.
+        slots = self.cpu_ahead + 1 if isinstance(self.cpu, ProcessPoolExecutor) else 0
+        with Slabs(slots, self.chunk, self.preprocess.crop) as slabs:
+            try:
+                self._cpu_chunks(pending, slabs)
+            finally:
+                for _, job in pending:
+                    job.cancel()
+                self.counts["shared"] = slabs.shared
+
+    def _cpu_chunks(self, pending: list[tuple[list[FileInfo], Job]], slabs: Slabs) -> None:
         while not self._stop.is_set():
             while len(pending) < self.cpu_ahead:
                 files = self._refused_now() or self._take(self.chunk)
                 if not files:
                     break
                 paths = [self.root / f.path for f in files]
-                future = self.cpu.submit(load_chunk, paths, self.preprocess, self.limits)
-                pending.append((files, future))
+                pending.append((files, slabs.submit(self.cpu, paths, self.preprocess, self.limits)))
             if not pending:
                 if self._gpu_done.is_set() and self._refused.empty():
                     return
                 time.sleep(0.005)  # the GPU side may still refuse files: wait for them
                 continue
-            files, future = pending.pop(0)
-            done = list(zip(files, future.result()))
+            files, job = pending.pop(0)
+            done = list(zip(files, job.result()))
             self.counts["cpu"] += len(done)
             self.seconds["read"] += sum(pixels.read_s for _, pixels in done)
             self.seconds["decode"] += sum(pixels.decode_s for _, pixels in done)

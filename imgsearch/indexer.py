@@ -30,7 +30,7 @@ import time
 import zipfile
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,7 +57,6 @@ from imgsearch.files import (
     decode,
     hash_file,
     is_image_name,
-    load_chunk,
     load_facts,
     shown,
     special_kind,
@@ -68,6 +67,7 @@ from imgsearch.gpudecode import MixedDecoder, nvjpeg_decoder, side_stream
 from imgsearch.pipeline import ProcessStage, Stage
 from imgsearch.relations import short_caption
 from imgsearch.results import LISTED_MISSING, Description, IndexSummary, Skipped
+from imgsearch.slabs import Job, Slabs
 from imgsearch.storage import ImageRecord, Store
 
 if TYPE_CHECKING:
@@ -415,26 +415,29 @@ def _decoded(
         pool: Executor = _process_pool(workers)
     else:
         pool = threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
-    pending: deque[tuple[list[FileInfo], Future[list[Pixels]]]] = deque()
+    # Threads share this process's memory: only processes need slots.
+    slabs = Slabs(ahead // target + 2 if processes else 0, target, model.preprocess.crop)
+    pending: deque[tuple[list[FileInfo], Job]] = deque()
     queued = 0
     try:
         for part in _chunks(files, target):
             paths = [root / info.path for info in part]
-            pending.append((part, pool.submit(load_chunk, paths, model.preprocess, limits)))
+            pending.append((part, slabs.submit(pool, paths, model.preprocess, limits)))
             queued += len(part)
             while queued >= ahead:
-                done, future = pending.popleft()
+                done, job = pending.popleft()
                 queued -= len(done)
-                yield from map(Loaded, done, future.result())
+                yield from map(Loaded, done, job.result())
         while pending:
-            done, future = pending.popleft()
-            yield from map(Loaded, done, future.result())
+            done, job = pending.popleft()
+            yield from map(Loaded, done, job.result())
     except BrokenProcessPool:
         _POOLS.pop((workers, "decode"), None)
         raise
     finally:
-        for _, future in pending:
-            future.cancel()
+        for _, job in pending:
+            job.cancel()
+        slabs.close()
         if threads is not None:
             threads.shutdown(wait=True, cancel_futures=True)
 

@@ -380,8 +380,8 @@ def test_photos_prepared_together_are_prepared_as_one_at_a_time(mixed: Path):
 
 def test_the_indexers_decode_stage_reads_headers_in_processes(mixed: Path):
     """``indexer.mixed_decoder``: the GPU side's headers come from reader processes (the
-    bytes read again by the GPU's thread), and every file still comes out once, as the
-    threads make it."""
+    bytes read again by the GPU's thread), the CPU side's photos through shared memory, and
+    every file still comes out once, as the threads make it."""
     from imgsearch.indexer import mixed_decoder
 
     files, threads_out, _ = run_mixed(mixed)
@@ -389,6 +389,9 @@ def test_the_indexers_decode_stage_reads_headers_in_processes(mixed: Path):
     out = {info.path: pixels for info, pixels in decoder}
     assert sorted(out) == sorted(f.path for f in files)
     assert decoder.counts["gpu"] >= 1 and decoder.counts["refused"] >= 1
+    # The PNG, the progressive and the CMYK JPEG at least: their pixels came back from the
+    # CPU processes through shared memory.
+    assert decoder.counts["shared"] >= 3
     for path, pixels in out.items():
         assert (pixels.error, pixels.hash) == (threads_out[path].error, threads_out[path].hash)
 

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "imgsearch"
 # search) is one unit, whose modules may import each other.
 LAYERS = [
     {"errors", "config", "files"},
-    {"results"},
+    {"results", "slabs"},
     {
         "captions",
         "colours",
