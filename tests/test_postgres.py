@@ -65,6 +65,24 @@ def stored(db: str | Path) -> dict[str, tuple]:
         store.close()
 
 
+def caption_lists_read_as_stored(db: str, rows: dict[str, tuple]) -> bool:
+    """``Store.caption_lists`` both ways it reads: a page (an id range, one query) and a
+    sample spread over the collection (calibration's, by ids), as ``stored`` has them."""
+    store = Store.open(db)
+    try:
+        ids = np.array(sorted(store.ids_under("")), dtype=np.int64)
+        paths = store.paths(ids)
+        for wanted in (ids, ids[[0, -1]]):
+            caption_ids, scores = store.caption_lists(wanted)
+            for i, got_ids, got_scores in zip(wanted, caption_ids, scores):
+                _, _, want_ids, want_scores = rows[paths[int(i)]]
+                assert got_ids.tolist() == want_ids
+                np.testing.assert_allclose(got_scores, want_scores, rtol=1e-6)
+        return True
+    finally:
+        store.close()
+
+
 def test_every_command_gives_the_same_results_as_on_sqlite(
     photos: Path, tiny_clip: Path, small_bank: Path, pg_url: str, tmp_path: Path, cache_dir: Path
 ) -> None:
@@ -98,6 +116,9 @@ def test_every_command_gives_the_same_results_as_on_sqlite(
         assert np.array_equal(image, lite_rows[path][0])
         assert np.array_equal(caption, lite_rows[path][1])
         assert ids == lite_rows[path][2] and scores == lite_rows[path][3]
+    for db, rows in ((pg_url, pg_rows), (lite, lite_rows)):
+        assert caption_lists_read_as_stored(db, rows)
+
 
     status = as_json("status", "--db", pg_url)
     assert status["images"] == 8 and status["root"] == str(photos)
