@@ -940,19 +940,36 @@ def local_runner(
 
         captions: Stage = Stage("captions", search)
         few = 1 if len(files) < min(batch_size, FEW_FILES) else None
+
+        def hand_on(job: _Job, vectors: Callable[[], ImageEmbeddings] | None) -> None:
+            if vectors is not None:
+                start = time.perf_counter()
+                job.vectors = vectors()
+                stages["model"] += time.perf_counter() - start
+            stages["waiting"] += captions.put(job)
+
         try:
             with _model_threads(model, few):
+                # Each batch is handed on once the next is queued on the model's device
+                # (``Model.encode_images_later``): on CUDA the next batch's stacking and
+                # copying overlap this one's kernels rather than leaving the GPU idle.
+                queued: tuple[_Job, Callable[[], ImageEmbeddings] | None] | None = None
                 for job, waited in _batches(decoded, batch_size):
                     stages["waiting"] += waited
                     for item in job.items:
                         stages["read"] += item.pixels.read_s
                         stages["decode"] += item.pixels.decode_s
+                    vectors = None
                     if job.items:
                         start = time.perf_counter()
                         job.pixels = stack_pixels(job.items, model)
-                        job.vectors = model.encode_images(job.pixels)
+                        vectors = model.encode_images_later(job.pixels)
                         stages["model"] += time.perf_counter() - start
-                    stages["waiting"] += captions.put(job)
+                    if queued is not None:
+                        hand_on(*queued)
+                    queued = (job, vectors)
+                if queued is not None:
+                    hand_on(*queued)
             captions.close()
             write.close()
         except BaseException:

@@ -15,7 +15,9 @@ special files:
    but within 1e-5 ties, scores to 1e-5.
 3. ``Index.add()`` end to end with GPU decoding: every photo stored, no file skipped that
    the CPU path stores, image vectors within cosine 0.99 of a CPU-decoded index.
-4. nvJPEG throughput on 12 MP photos (decode + resize + crop to 224, batches of 64), for
+4. ``encode_images_later``: two batches queued one after the other, their vectors read
+   after both were queued, equal those of ``encode_images`` one batch at a time.
+5. nvJPEG throughput on 12 MP photos (decode + resize + crop to 224, batches of 64), for
    the record beside the issue's 661-738 images/s.
 
 Prints one line per check and a summary; the output belongs in docs/performance.md.
@@ -198,6 +200,23 @@ def hash_check(model) -> None:  # noqa: ANN001
     check(same, f"perceptual hashes on {model.device} = on the CPU, {len(batch)} thumbnails")
 
 
+def queued_check(model) -> None:  # noqa: ANN001
+    """The indexer queues batch N+1 before it reads batch N's vectors (copied back behind
+    the model's kernels, into pinned memory): what it reads must be batch N's, complete."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(2)
+    side = model.preprocess.crop
+    batches = [rng.integers(0, 256, (96, side, side, 3), dtype=np.uint8) for _ in range(2)]
+    alone = [model.encode_images(b).image for b in batches]
+    later = [model.encode_images_later(torch.from_numpy(b).to(model.device)) for b in batches]
+    got = [finish().image for finish in later]
+    gap = max(float(np.abs(a - g).max()) for a, g in zip(alone, got))
+    what = f"max difference {gap:.1e}"
+    check(gap <= 1e-3, f"two batches queued, then read: as encode_images one by one, {what}")
+
+
 def index_check(folder: Path, model_dir: Path, work: Path) -> None:
     import numpy as np
 
@@ -352,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         decode_check(folder, model, expected)
         caption_check(model)
         hash_check(model)
+        queued_check(model)
         for name in [n for n, side in expected.items() if side == "error"]:
             (folder / name).unlink()  # the end-to-end check compares stored files only
         index_check(folder, model_dir, Path(tmp))

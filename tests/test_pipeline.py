@@ -99,9 +99,9 @@ def test_the_writer_runs_while_the_model_embeds_the_next_batch(
     folder = photos(tmp_path / "photos", 12)
     second_batch = threading.Event()
     calls = []
-    encode, put = FeaturesModel.encode_images, Store.put_images
+    encode, put = FeaturesModel.encode_images_later, Store.put_images
 
-    def encode_images(self, pixels):  # noqa: ANN001, ANN202
+    def encode_images_later(self, pixels):  # noqa: ANN001, ANN202
         calls.append(len(pixels))
         if len(calls) == 2:
             second_batch.set()
@@ -114,7 +114,7 @@ def test_the_writer_runs_while_the_model_embeds_the_next_batch(
 
     index = Index.create(folder, tmp_path / "index.db", str(tiny_clip), small_bank)
     monkeypatch.setattr(indexer, "QUICK_RUN_FILES", 0)  # the torch model, not its export
-    monkeypatch.setattr(FeaturesModel, "encode_images", encode_images)
+    monkeypatch.setattr(FeaturesModel, "encode_images_later", encode_images_later)
     monkeypatch.setattr(Store, "put_images", put_images)
     summary = index.add(batch_size=4, workers=2)
     assert (summary.added, len(summary.skipped)) == (12, 1)

@@ -85,6 +85,15 @@ class Model(ABC):
     def encode_images(self, pixels: np.ndarray | torch.Tensor) -> ImageEmbeddings:
         """Embed a uint8 (B, H, W, 3) batch made by ``preprocess`` (array or tensor)."""
 
+    def encode_images_later(
+        self, pixels: np.ndarray | torch.Tensor
+    ) -> Callable[[], ImageEmbeddings]:
+        """Start embedding a batch; the call returned gives its embeddings. A model on a
+        device that runs by itself (CUDA) queues the work there and the call waits for it,
+        so that the next batch is stacked, copied and queued meanwhile. Here: at once."""
+        done = self.encode_images(pixels)
+        return lambda: done
+
     @abstractmethod
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Unit vectors (len(texts), text_dim) in the caption space."""

@@ -174,12 +174,21 @@ def preprocess_from(settings: dict, config) -> Preprocess:  # noqa: ANN001
     return Preprocess(resize, crop, mean, std, resample)
 
 
-def features(out) -> np.ndarray:  # noqa: ANN001 - a tensor or a transformers output
+def output_tensor(out) -> torch.Tensor:  # noqa: ANN001 - a tensor or a transformers output
     """transformers 5 returns an output object, 4.x a tensor."""
     import torch
 
-    result = out if isinstance(out, torch.Tensor) else out.pooler_output
-    return result.float().cpu().numpy()
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def features(out) -> np.ndarray:  # noqa: ANN001
+    return output_tensor(out).float().cpu().numpy()
+
+
+def _embeddings(features: np.ndarray) -> ImageEmbeddings:
+    """A checkpoint's image features already lie in the text space."""
+    vectors = normalize(features)
+    return ImageEmbeddings(image=vectors, text_space=vectors)
 
 
 class FeaturesModel(Model):
@@ -242,6 +251,14 @@ class FeaturesModel(Model):
             self.precision = "bfloat16"
 
     def encode_images(self, pixels: np.ndarray | torch.Tensor) -> ImageEmbeddings:
+        return self.encode_images_later(pixels)()
+
+    def encode_images_later(
+        self, pixels: np.ndarray | torch.Tensor
+    ) -> Callable[[], ImageEmbeddings]:
+        """On CUDA the vectors come back through a copy queued after the model's kernels;
+        the call waits for that copy alone. Waiting for each batch before preparing the
+        next kept ViT-L/14 at 0.54 of its speed alone on the H200."""
         import torch
 
         with torch.inference_mode():
@@ -252,8 +269,19 @@ class FeaturesModel(Model):
                 out = self.model.get_image_features(pixel_values=batch)
             else:
                 out = self.model.get_image_features(**self._patches(batch))
-            vectors = normalize(features(out))
-        return ImageEmbeddings(image=vectors, text_space=vectors)
+            result = output_tensor(out)
+            if self.device.type != "cuda":
+                done = _embeddings(result.float().numpy())
+                return lambda: done
+            host = result.float().to("cpu", non_blocking=True)  # into pinned memory
+            copied = torch.cuda.Event()
+            copied.record()
+
+        def finish() -> ImageEmbeddings:
+            copied.synchronize()
+            return _embeddings(host.numpy())
+
+        return finish
 
     def _patches(self, batch: torch.Tensor) -> dict:
         """A (B, 3, S, S) batch as NaFlex input: (B, patches, patch * patch * 3), each patch
