@@ -52,6 +52,10 @@ class SlotRef:
     def row_bytes(self) -> int:
         return self.side * self.side * 3
 
+    @property
+    def size(self) -> int:
+        return self.rows * self.row_bytes
+
 
 def load_chunk_into(
     paths: list[Path], preprocess: Preprocess, limits: Limits, slot: SlotRef
@@ -68,7 +72,7 @@ def load_chunk_into(
     ]
     size = slot.row_bytes
     try:
-        with open(slot.path, "r+b") as file, mmap.mmap(file.fileno(), slot.rows * size) as memory:
+        with open(slot.path, "r+b") as file, mmap.mmap(file.fileno(), slot.size) as memory:
             for row in rows:
                 array = np.ascontiguousarray(pixels[row].array)
                 memory[row * size : (row + 1) * size] = array.data.cast("B")
@@ -81,12 +85,11 @@ def load_chunk_into(
 
 class _Slot:
     def __init__(self, rows: int, side: int):
-        self.ref = SlotRef("", rows, side)
-        size = rows * self.ref.row_bytes
+        size = SlotRef("", rows, side).size
         self.memory = SharedMemory(create=True, size=size)
+        self.ref = SlotRef(str(SHM_DIR / self.memory.name.lstrip("/")), rows, side)
         try:
-            path = SHM_DIR / self.memory.name.lstrip("/")
-            descriptor = os.open(path, os.O_RDWR)
+            descriptor = os.open(self.ref.path, os.O_RDWR)
             try:
                 os.posix_fallocate(descriptor, 0, size)  # ENOSPC here, not SIGBUS later
             finally:
@@ -94,7 +97,6 @@ class _Slot:
         except (OSError, AttributeError):
             self.close()
             raise OSError("no room for a slot") from None
-        self.ref = SlotRef(str(path), rows, side)
         self.rows = np.ndarray((rows, side, side, 3), np.uint8, buffer=self.memory.buf)
 
     def close(self) -> None:
@@ -140,7 +142,7 @@ class Slabs:
 
     def __init__(self, slots: int, rows: int, side: int):
         self.rows, self.side = rows, side
-        self.most = _affordable(slots, rows * side * side * 3) if ENABLED else 0
+        self.most = _affordable(slots, SlotRef("", rows, side).size) if ENABLED else 0
         self._made: list[_Slot] = []
         self._free: list[_Slot] = []
         self.shared = 0  # photos that came back through shared memory

@@ -185,9 +185,9 @@ def features(out) -> np.ndarray:  # noqa: ANN001
     return output_tensor(out).float().cpu().numpy()
 
 
-def _embeddings(features: np.ndarray) -> ImageEmbeddings:
+def _embeddings(image_features: np.ndarray) -> ImageEmbeddings:
     """A checkpoint's image features already lie in the text space."""
-    vectors = normalize(features)
+    vectors = normalize(image_features)
     return ImageEmbeddings(image=vectors, text_space=vectors)
 
 
