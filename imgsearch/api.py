@@ -277,16 +277,20 @@ class Index:
             summary = indexer.update(self.root, self.store, runner, only, on_skip, progress)
             self._record_precision()
             self.derived.clear()
+            mark = time.perf_counter()
             if self._calibration_due(summary.added + summary.updated + summary.removed):
                 self._calibrate()
+            mark = _took(summary.stages, "calibrate", mark)
         if (summary.added or summary.updated or summary.moved or summary.removed) and (
             self.store.count()
         ):
             self.vectors.index(self.default_method)  # built now, so the first query is quick
+        mark = _took(summary.stages, "search_index", mark)
         if self.embedding.loaded:  # and the model's export, so is the first text query
             from imgsearch.models import prepare_queries
 
             prepare_queries(self.embedding.model)
+        _took(summary.stages, "query_model", mark)
         summary.seconds = time.perf_counter() - start
         return summary
 
@@ -913,6 +917,13 @@ def _runner(
             ray, root, embedding, batch_size, ray_workers, embedding.device
         )
     return indexer.local_runner(root, embedding, batch_size, workers)
+
+
+def _took(stages: dict[str, float], name: str, since: float) -> float:
+    """Record in ``stages`` the seconds since ``since`` as ``name``; returns now."""
+    now = time.perf_counter()
+    stages[name] = now - since
+    return now
 
 
 def _listed(root: Path, files: Iterable[str | os.PathLike]) -> set[str]:

@@ -900,6 +900,7 @@ def local_runner(
     (``use_writer_process``: off while ``WRITER_PROCESS_AUTO`` is)."""
 
     def run(files: list[FileInfo], writer: BatchWriter) -> None:
+        began = time.perf_counter()
         loading = _Loading(embedding, quick_model(embedding, len(files)))
         stages = writer.stages
         for key in ("read", "decode", "model", "captions", "write", "waiting"):
@@ -955,6 +956,7 @@ def local_runner(
                 # copying overlap this one's kernels rather than leaving the GPU idle.
                 queued: tuple[_Job, Callable[[], ImageEmbeddings] | None] | None = None
                 for job, waited in _batches(decoded, batch_size):
+                    stages.setdefault("start", time.perf_counter() - began)
                     stages["waiting"] += waited
                     for item in job.items:
                         stages["read"] += item.pixels.read_s
@@ -970,8 +972,10 @@ def local_runner(
                     queued = (job, vectors)
                 if queued is not None:
                     hand_on(*queued)
+            drained = time.perf_counter()
             captions.close()
             write.close()
+            stages["drain"] = time.perf_counter() - drained
         except BaseException:
             captions.cancel()
             write.cancel()
@@ -1142,7 +1146,9 @@ def update(
     ``only`` limits the run to those files (relative to the root): listed files are added,
     updated or dropped as usual, indexed files not listed stay as they are.
     """
+    began = time.perf_counter()
     todo = plan(root, store, only)
+    planned = time.perf_counter()
     summary = IndexSummary(unchanged=todo.unchanged, moved=todo.moved)
     summary.skipped.extend(todo.known_bad)
     missing = [Skipped(p, LISTED_MISSING) for p in todo.absent]
@@ -1159,7 +1165,7 @@ def update(
         finally:
             writer.close()
         stored, skipped = writer.stored, writer.skipped
-        summary.stages = writer.stages
+        summary.stages.update(writer.stages)
         summary.skipped.extend(skipped)
         updated = sum(1 for f in todo.embed if f.path in todo.changed)
         bad_changed = sum(1 for s in skipped if s.path in todo.changed)
@@ -1170,12 +1176,15 @@ def update(
         states = store.file_states()
         store.remove_ids(states[p].id for p in stale if p in states)
         summary.removed += len(stale)
+    finishing = time.perf_counter()
     fill_facts(root, store, progress)
     keep = {s.path for s in summary.skipped} - set(todo.absent)
     if only is not None:  # failures of files not listed are not this run's to forget
         covered = covered_by(only)
         keep.update(p for p in store.skipped_files() if not covered(p))
     store.forget_skipped(keep)
+    summary.stages["plan"] = planned - began
+    summary.stages["finish"] = time.perf_counter() - finishing
     return summary
 
 

@@ -84,7 +84,9 @@ class IndexSummary:
     seconds: float = 0.0
     # Seconds each stage of the embedding spent (read, decode, model, captions, write,
     # waiting: the model waiting for decoded photos or for the caption search), summed
-    # over its threads or processes; empty where nothing was embedded. Not in ``to_dict``.
+    # over its threads or processes, and the run's phases one after another: plan, start
+    # (until the first batch reaches the model), drain (after the last), finish,
+    # calibrate, search_index, query_model. Not in ``to_dict``.
     stages: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
