@@ -763,17 +763,22 @@ class Store:
             )
         return _vector(blob)
 
-    def vectors_for(self, column: str, ids: Sequence[int]) -> np.ndarray:
-        """One vector column of the images ``ids``, in that order (all must exist)."""
+    def vectors_for(self, columns: Sequence[str], ids: Sequence[int]) -> dict[str, np.ndarray]:
+        """The vector ``columns`` of the images ``ids``, in that order (all must exist),
+        read in one pass: a blob column read alone walks the row's overflow pages again,
+        and four columns read one by one took twice as long."""
         t = images_table
         wanted = [int(i) for i in ids]
-        found: dict[int, bytes] = {}
+        found: dict[int, tuple] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(wanted), 500):
                 part = wanted[start : start + 500]
-                query = sa.select(t.c.id, t.c[column]).where(t.c.id.in_(part))
-                found.update(conn.execute(query).all())
-        return np.stack([self._stored(column, found[i]) for i in wanted])
+                query = sa.select(t.c.id, *(t.c[c] for c in columns)).where(t.c.id.in_(part))
+                found.update((row[0], row[1:]) for row in _plain_rows(conn, query))
+        return {
+            c: np.stack([self._stored(c, found[i][k]) for i in wanted])
+            for k, c in enumerate(columns)
+        }
 
     def vector_chunks(
         self, columns: Sequence[str], size: int = 32768, present: bool = False

@@ -76,10 +76,8 @@ class Vectors:
         a = rng.integers(0, len(chosen), config.CALIBRATE_PAIRS)
         b = rng.integers(0, len(chosen), config.CALIBRATE_PAIRS)
         a, b = a[a != b], b[a != b]
-        names = dict.fromkeys(c for s in scorers for c in s.columns)
-        rows = scoring.Rows(
-            self.store, chosen, {c: self.store.vectors_for(c, chosen) for c in names}
-        )
+        names = list(dict.fromkeys(c for s in scorers for c in s.columns))
+        rows = scoring.Rows(self.store, chosen, self.store.vectors_for(names, chosen))
         taus = {}
         for scorer in scorers:
             vectors = scorer.vectors(self.context, rows)

@@ -67,11 +67,18 @@ def stored(db: str | Path) -> dict[str, tuple]:
 
 def check_caption_lists(db: str, rows: dict[str, tuple]) -> None:
     """``Store.caption_lists`` both ways it reads: a page (an id range, one query) and a
-    sample spread over the collection (calibration's, by ids), as ``stored`` has them."""
+    sample spread over the collection (calibration's, by ids), as ``stored`` has them; and
+    ``Store.vectors_for``, the sample's vector columns read in one pass."""
     store = Store.open(db)
     try:
         ids = np.array(sorted(store.ids_under("")), dtype=np.int64)
         paths = store.paths(ids)
+        picked = ids[::-2]  # out of order: returned in the order asked
+        columns = store.vectors_for(["caption_vector", "image_vector"], picked)
+        for k, i in enumerate(picked):
+            image, caption, _, _ = rows[paths[int(i)]]
+            assert np.array_equal(columns["image_vector"][k], image)
+            assert np.array_equal(columns["caption_vector"][k], caption)
         for wanted in (ids, ids[[0, -1]]):
             caption_ids, scores = store.caption_lists(wanted)
             for i, got_ids, got_scores in zip(wanted, caption_ids, scores):
