@@ -441,6 +441,7 @@ class MixedDecoder:
         cpu_workers: int = 1,
         chunk: int = 16,
         readers: Executor | None = None,
+        gpu_hold: int | None = None,
     ):
         self.root, self.preprocess, self.limits = root, preprocess, limits
         self.cpu, self.decode = cpu, decode
@@ -459,7 +460,7 @@ class MixedDecoder:
         # slower stage, and the GPU takes no new files (the CPU side still does). A model
         # that sets the pace (ViT-L/14) then keeps the device to itself, rather than
         # sharing it with nvJPEG's kernels for photos the idle CPU decoders could make.
-        self.gpu_hold = 2 * batch_size
+        self.gpu_hold = 2 * batch_size if gpu_hold is None else gpu_hold
         self._queued = 0
         self._gpu_done = threading.Event()
         self._stop = threading.Event()
@@ -531,7 +532,8 @@ class MixedDecoder:
                     time.sleep(0.005)
                     self.seconds["gpu_held"] += time.perf_counter() - start
                     continue
-                if not reading:
+                if not reading:  # every file taken: a part of a batch held back goes too
+                    self._decode_batch(pending)
                     break
                 start = time.perf_counter()
                 files, future = reading.popleft()

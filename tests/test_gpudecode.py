@@ -9,6 +9,7 @@ nvJPEG (``gpudecode.pil_decoder``). scripts/gpu_check.py checks the real decoder
 from __future__ import annotations
 
 import io
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -211,6 +212,40 @@ def test_the_gpu_takes_no_files_while_the_consumer_has_photos_waiting(tmp_path: 
     assert sorted(seen) == [f.path for f in files]
     assert waiting >= decoder.gpu_hold and decoder.seconds["gpu_held"] > 0.5
     assert decoder.counts["gpu"] + decoder.counts["cpu"] == 40
+
+
+class HeldAfterItsFirstChunk(gpudecode.MixedDecoder):
+    """The consumer busy from the GPU side's first chunk until the CPU side has taken every
+    other file: the GPU side is held back with a part of a batch read."""
+
+    taken = gpu_took = 0
+
+    def _take(self, n: int) -> list[FileInfo]:
+        got = super()._take(n)
+        if threading.current_thread().name == "imgsearch-gpu-decode":
+            self.gpu_took += len(got)
+        self.taken += len(got)
+        return got
+
+    def _consumer_busy(self) -> bool:
+        return self.gpu_took > 0 and self.taken < self._total
+
+
+def test_every_file_comes_out_when_the_gpu_is_held_back_with_a_part_batch(tmp_path: Path):
+    """The GPU side decodes the part of a batch it holds once the files run out (it once
+    left it, and the run stopped short)."""
+    photo = sample("coffee").resize((64, 48))
+    for i in range(20):
+        (tmp_path / f"p{i:02d}.jpg").write_bytes(jpeg(photo.rotate(i * 9)))
+    files = sorted(walk(tmp_path), key=lambda f: f.path)
+    with ThreadPoolExecutor(2) as cpu:
+        decoder = HeldAfterItsFirstChunk(
+            tmp_path, files, PREPROCESS, cpu, gpudecode.pil_decoder, LIMITS, batch_size=4, chunk=3
+        )
+        seen = [info.path for info, _ in decoder]
+    assert sorted(seen) == [f.path for f in files]
+    assert decoder.gpu_took == 3 and decoder.counts["gpu"] == 3  # its one chunk, decoded
+    assert decoder.seconds["gpu_held"] > 0
 
 
 def test_a_decoder_error_reaches_the_consumer(mixed: Path):
