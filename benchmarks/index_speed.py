@@ -875,15 +875,13 @@ def stage_table(stages: dict[str, float], ceilings: dict[str, float], workers: i
         "gpu_decode": "nvJPEG batches + resizing on the device (one thread)",
         "gpu_read_wait": "that thread waiting for its files to be read (reader processes)",
         "gpu_emit": "that thread handing photos on (waiting while the queue is full)",
-        "gpu_held": "that thread taking no files: the model had 2 batches waiting",
         "model": "the model (main thread)",
         "captions": "caption search + combining (its thread)",
         "write": "database writes (the writer thread, or process)",
         "waiting": "the model waiting for photos or for the caption queue",
     }
     lines = [f"{'stage':<14}{'seconds':>9}   {'alone images/s':>15}   what"]
-    keys = ("read", "decode", "gpu_decode", "gpu_read_wait", "gpu_emit", "gpu_held", "model")
-    keys += ("captions",)
+    keys = ("read", "decode", "gpu_decode", "gpu_read_wait", "gpu_emit", "model", "captions")
     for key in (*keys, "write", "waiting"):
         if key not in stages:
             continue

@@ -441,7 +441,6 @@ class MixedDecoder:
         cpu_workers: int = 1,
         chunk: int = 16,
         readers: Executor | None = None,
-        gpu_hold: int | None = None,
     ):
         self.root, self.preprocess, self.limits = root, preprocess, limits
         self.cpu, self.decode = cpu, decode
@@ -456,19 +455,11 @@ class MixedDecoder:
         # through a queue cost, at 640x480 on the H200, about 0.4 ms a photo of the
         # consumer's time among the other threads of its process.
         self._out: queue.Queue = queue.Queue(maxsize=max(8, -(-4 * batch_size // chunk)))
-        # Photos in ``_out``: while the consumer has ``gpu_hold`` of them waiting, it is the
-        # slower stage, and the GPU takes no new files (the CPU side still does). A model
-        # that sets the pace (ViT-L/14) then keeps the device to itself, rather than
-        # sharing it with nvJPEG's kernels for photos the idle CPU decoders could make.
-        self.gpu_hold = 2 * batch_size if gpu_hold is None else gpu_hold
-        self._queued = 0
         self._gpu_done = threading.Event()
         self._stop = threading.Event()
         # read, decode: the CPU side's, summed over its workers; gpu_emit: handing the
         # GPU's photos on (waiting on a full queue).
-        # gpu_held: the GPU side holding back, the consumer's queue full enough.
-        keys = ("read", "decode", "gpu_decode", "read_wait", "gpu_emit", "gpu_held")
-        self.seconds = dict.fromkeys(keys, 0.0)
+        self.seconds = dict.fromkeys(("read", "decode", "gpu_decode", "read_wait", "gpu_emit"), 0.0)
         # shared: the CPU side's photos that came back through shared memory (``slabs``)
         self.counts = {"gpu": 0, "cpu": 0, "refused": 0, "shared": 0}
         self._threads = [
@@ -496,15 +487,9 @@ class MixedDecoder:
         while made and not self._stop.is_set():
             try:
                 self._out.put(made, timeout=0.1)
+                return
             except queue.Full:
                 continue
-            with self._lock:
-                self._queued += len(made)
-            return
-
-    def _consumer_busy(self) -> bool:
-        """Whether the consumer has ``gpu_hold`` photos waiting (it is the slower stage)."""
-        return self._queued >= self.gpu_hold
 
     def _gpu_side(self) -> None:
         """Read files (``read_headers``, chunks in the reader pool, two batches ahead), send
@@ -520,20 +505,14 @@ class MixedDecoder:
         exhausted = False
         try:
             while not self._stop.is_set():
-                while not exhausted and len(reading) < ahead and not self._consumer_busy():
+                while not exhausted and len(reading) < ahead:
                     files = self._take(self.chunk)
                     if not files:
                         exhausted = True
                         break
                     task = readers.submit(read_headers, self.root, files, self.limits, keep)
                     reading.append((files, task))
-                if not reading and not exhausted:  # held back: the CPU side takes files
-                    start = time.perf_counter()
-                    time.sleep(0.005)
-                    self.seconds["gpu_held"] += time.perf_counter() - start
-                    continue
-                if not reading:  # every file taken: a part of a batch held back goes too
-                    self._decode_batch(pending)
+                if not reading:
                     break
                 start = time.perf_counter()
                 files, future = reading.popleft()
@@ -651,8 +630,6 @@ class MixedDecoder:
                 made = self._next()
                 if isinstance(made, BaseException):
                     raise made
-                with self._lock:
-                    self._queued -= len(made)
                 left -= len(made)
                 yield from made
         finally:

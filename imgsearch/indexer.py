@@ -986,7 +986,7 @@ def local_runner(
             if mixed is not None:
                 stages["read"] += mixed.seconds["read"]
                 stages["decode"] += mixed.seconds["decode"]
-                for key in ("gpu_decode", "read_wait", "gpu_emit", "gpu_held"):
+                for key in ("gpu_decode", "read_wait", "gpu_emit"):
                     stages[key if key.startswith("gpu") else f"gpu_{key}"] = mixed.seconds[key]
                 stages.update({f"files_{k}": float(v) for k, v in mixed.counts.items()})
 

@@ -9,8 +9,6 @@ nvJPEG (``gpudecode.pil_decoder``). scripts/gpu_check.py checks the real decoder
 from __future__ import annotations
 
 import io
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -175,77 +173,6 @@ def test_a_decoder_that_refuses_files_sends_them_to_the_cpu_path(mixed: Path):
     files, out, decoder = run_mixed(mixed, refuses_all)
     assert decoder.counts["gpu"] == 0 and decoder.counts["cpu"] == len(files)
     assert not out["baseline.jpg"].error and isinstance(out["baseline.jpg"].array, np.ndarray)
-
-
-class SlowPool(ThreadPoolExecutor):
-    """CPU decoders slower than the GPU side: the consumer's queue never fills with their
-    chunks, so the GPU side is never stuck handing photos on, only held back."""
-
-    def submit(self, fn, /, *args, **kwargs):
-        def slow():
-            time.sleep(0.3)
-            return fn(*args, **kwargs)
-
-        return super().submit(slow)
-
-
-def test_the_gpu_takes_no_files_while_the_consumer_has_photos_waiting(tmp_path: Path):
-    """A slow consumer (a model that sets the pace) leaves the files to the CPU side: the
-    GPU is held back while two batches wait, and every file still comes out once."""
-    photo = sample("coffee").resize((64, 48))
-    for i in range(40):
-        (tmp_path / f"p{i:02d}.jpg").write_bytes(jpeg(photo.rotate(i * 9)))
-    files = sorted(walk(tmp_path), key=lambda f: f.path)
-    with SlowPool(2) as cpu:
-        decoder = gpudecode.MixedDecoder(
-            tmp_path, files, PREPROCESS, cpu, gpudecode.pil_decoder, LIMITS, batch_size=4, chunk=2
-        )
-        assert decoder.gpu_hold == 8
-        seen, stalled = [], False
-        for info, pixels in decoder:
-            assert not pixels.error
-            seen.append(info.path)
-            if not stalled:  # the consumer stops a while after its first photo
-                time.sleep(1.0)
-                stalled = True
-                waiting = decoder._queued
-    assert sorted(seen) == [f.path for f in files]
-    assert waiting >= decoder.gpu_hold and decoder.seconds["gpu_held"] > 0.5
-    assert decoder.counts["gpu"] + decoder.counts["cpu"] == 40
-
-
-class HeldAfterItsFirstChunk(gpudecode.MixedDecoder):
-    """The consumer busy from the GPU side's first chunk until the CPU side has taken every
-    other file: the GPU side is held back with a part of a batch read."""
-
-    taken = gpu_took = 0
-
-    def _take(self, n: int) -> list[FileInfo]:
-        got = super()._take(n)
-        if threading.current_thread().name == "imgsearch-gpu-decode":
-            self.gpu_took += len(got)
-        self.taken += len(got)
-        return got
-
-    def _consumer_busy(self) -> bool:
-        return self.gpu_took > 0 and self.taken < self._total
-
-
-def test_every_file_comes_out_when_the_gpu_is_held_back_with_a_part_batch(tmp_path: Path):
-    """The GPU side decodes the part of a batch it holds once the files run out (it once
-    left it, and the run stopped short)."""
-    photo = sample("coffee").resize((64, 48))
-    for i in range(20):
-        (tmp_path / f"p{i:02d}.jpg").write_bytes(jpeg(photo.rotate(i * 9)))
-    files = sorted(walk(tmp_path), key=lambda f: f.path)
-    with ThreadPoolExecutor(2) as cpu:
-        decoder = HeldAfterItsFirstChunk(
-            tmp_path, files, PREPROCESS, cpu, gpudecode.pil_decoder, LIMITS, batch_size=4, chunk=3
-        )
-        seen = [info.path for info, _ in decoder]
-    assert sorted(seen) == [f.path for f in files]
-    assert decoder.gpu_took == 3 and decoder.counts["gpu"] == 3  # its one chunk, decoded
-    assert decoder.seconds["gpu_held"] > 0
 
 
 def test_a_decoder_error_reaches_the_consumer(mixed: Path):
