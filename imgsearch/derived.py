@@ -138,14 +138,11 @@ class Derived:
             return saved
         confidence = self.store.average("class_confidence")
         means = {CONFIDENCE: np.array([math.nan if confidence is None else confidence])}
+        # Summed row by row, a page at a time: numpy's own order for a column mean, so the
+        # same float32 result without holding every vector; all columns in one pass.
+        sums = self.store.vector_sums([f"{name}_vector" for name in MEANS])
         for name in MEANS:
-            # A page at a time, summed row by row: numpy's own order for a column mean, so
-            # the same float32 result without holding every vector.
-            total, count = None, 0
-            chunks = self.store.vector_chunks([f"{name}_vector"], present=name == "concept")
-            for ids, (stored,) in chunks:
-                rows = stored if total is None else np.vstack([total[None], stored])
-                total, count = np.add.reduce(rows, axis=0), count + len(ids)
+            total, count = sums[f"{name}_vector"]
             if count:
                 mean = total / np.float32(count)
             elif name == "caption":

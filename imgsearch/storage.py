@@ -731,8 +731,8 @@ class Store:
         'concept_vector'; a number column such as 'class_confidence' comes as 1-vectors; an
         image without the value is an error, see ``missing``)."""
         t = images_table
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t.c.id, t.c.path, t.c[column]).order_by(t.c.id)).all()
+        with self.engine.connect() as conn:  # the driver's rows: a third of the time here
+            rows = _plain_rows(conn, sa.select(t.c.id, t.c.path, t.c[column]).order_by(t.c.id))
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         if not rows:
             return ids, [], np.zeros((0, 0), np.float32)
@@ -803,6 +803,39 @@ class Store:
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             stored = [[self._stored(c, r[n]) for r in rows] for n, c in enumerate(columns, 1)]
             yield ids, [np.stack(vectors) for vectors in stored]
+
+    def vector_sums(
+        self, columns: Sequence[str], size: int = 32768
+    ) -> dict[str, tuple[np.ndarray | None, int]]:
+        """Each vector column's sum over the images that have it, with their count (None
+        and 0 where none has), from one pass over the table in id order, ``size`` rows a
+        page. The rows are added one after another in id order, as ``np.add.reduce`` adds
+        the rows of a page, so each sum is the same float32 whatever the pages. One pass
+        for every column: each column read alone walked the rows' overflow pages again
+        (the collection means after a 16,384-photo ``add()`` on the H200: three passes,
+        0.30 s)."""
+        t = images_table
+        sums: dict[str, np.ndarray | None] = dict.fromkeys(columns)
+        counts = dict.fromkeys(columns, 0)
+        last = None
+        with self.engine.connect() as conn:
+            while True:
+                query = sa.select(t.c.id, *(t.c[c] for c in columns)).order_by(t.c.id)
+                if last is not None:
+                    query = query.where(t.c.id > last)
+                rows = _plain_rows(conn, query.limit(size))
+                if not rows:
+                    break
+                last = rows[-1][0]
+                for n, column in enumerate(columns, 1):
+                    present = [self._stored(column, r[n]) for r in rows if r[n] is not None]
+                    if not present:
+                        continue
+                    total = sums[column]
+                    stacked = np.stack(present if total is None else [total, *present])
+                    sums[column] = np.add.reduce(stacked, axis=0)
+                    counts[column] += len(present)
+        return {c: (sums[c], counts[c]) for c in columns}
 
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         ids = [int(i) for i in ids]
@@ -1083,9 +1116,9 @@ def _insert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], r
 
 
 def _plain_rows(conn: sa.Connection, query: sa.Select) -> list[tuple]:
-    """The rows of a SELECT of numbers as the driver's own tuples. SQLAlchemy's rows, and
-    turning them into tuples for numpy, took as long again as the query itself for the
-    40,000 caption rows that calibrating after each ``add()`` reads, most of the
+    """The rows of a SELECT (numbers, blobs, text) as the driver's own tuples. SQLAlchemy's
+    rows, and turning them into tuples for numpy, took as long again as the query itself for
+    the 40,000 caption rows that calibrating after each ``add()`` reads, most of the
     calibration's time in py-spy's samples on the H200. The query is compiled with its
     numbers written in: only integers are bound."""
     sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))

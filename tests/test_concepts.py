@@ -144,3 +144,34 @@ def test_an_index_made_before_concepts_opens_and_queries_as_before(indexed: Path
         assert store.count() == store.missing("concept_vector") == 9
     finally:
         store.close()
+
+
+def test_vector_sums_add_each_column_over_the_images_that_have_it(indexed: Path) -> None:
+    """The collection means' one pass: each column summed in id order over the rows that
+    have it, the same float32 whatever the page size, as numpy sums the stacked rows."""
+    db = indexed / ".imgsearch" / "index.db"
+    with sqlite3.connect(db) as conn:  # three images without a concept bag, as old rows are
+        conn.execute(
+            "UPDATE images SET concept_vector = NULL WHERE id IN "
+            "(SELECT id FROM images ORDER BY id LIMIT 3 OFFSET 2)"
+        )
+    store = Store.open(db)
+    try:
+        columns = ["caption_vector", "image_vector", "concept_vector"]
+        ids, _, captions = store.vectors("caption_vector")
+        images = store.vectors("image_vector")[2]
+        rows = store.vector_chunks(["concept_vector"], present=True)
+        concepts = np.concatenate([stored for _, (stored,) in rows])
+        assert len(ids) == 8 and len(concepts) == 5
+        for size in (1, 3, 32768):
+            sums = store.vector_sums(columns, size=size)
+            assert sums["caption_vector"][1] == sums["image_vector"][1] == 8
+            assert sums["concept_vector"][1] == 5
+            assert np.array_equal(sums["caption_vector"][0], np.add.reduce(captions, axis=0))
+            assert np.array_equal(sums["image_vector"][0], np.add.reduce(images, axis=0))
+            assert np.array_equal(sums["concept_vector"][0], np.add.reduce(concepts, axis=0))
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE images SET concept_vector = NULL")
+        assert store.vector_sums(["concept_vector"])["concept_vector"] == (None, 0)
+    finally:
+        store.close()
