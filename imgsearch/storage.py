@@ -780,12 +780,12 @@ class Store:
             for k, c in enumerate(columns)
         }
 
-    def vector_chunks(
-        self, columns: Sequence[str], size: int = 32768, present: bool = False
-    ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-        """Every image's id and vector ``columns`` in id order, ``size`` images at a time:
-        for collections too large to load whole. Each page is its own query, found through
-        the primary key from the last id of the one before (not by skipping rows).
+    def _row_pages(
+        self, columns: Sequence[str], size: int, present: bool = False
+    ) -> Iterator[list[tuple]]:
+        """The rows (id, *columns) in id order, ``size`` at a time, as the driver's tuples
+        (a column an image lacks is None). Each page is its own query, found through the
+        primary key from the last id of the one before (not by skipping rows).
         ``present``: only the images that have every one of the columns."""
         t = images_table
         last = None
@@ -796,10 +796,19 @@ class Store:
             if last is not None:
                 query = query.where(t.c.id > last)
             with self.engine.connect() as conn:
-                rows = conn.execute(query).all()
+                rows = _plain_rows(conn, query)
             if not rows:
                 return
             last = rows[-1][0]
+            yield rows
+
+    def vector_chunks(
+        self, columns: Sequence[str], size: int = 32768, present: bool = False
+    ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+        """Every image's id and vector ``columns`` in id order, ``size`` images at a time:
+        for collections too large to load whole. ``present``: only the images that have
+        every one of the columns."""
+        for rows in self._row_pages(columns, size, present):
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             stored = [[self._stored(c, r[n]) for r in rows] for n, c in enumerate(columns, 1)]
             yield ids, [np.stack(vectors) for vectors in stored]
@@ -808,33 +817,21 @@ class Store:
         self, columns: Sequence[str], size: int = 32768
     ) -> dict[str, tuple[np.ndarray | None, int]]:
         """Each vector column's sum over the images that have it, with their count (None
-        and 0 where none has), from one pass over the table in id order, ``size`` rows a
-        page. The rows are added one after another in id order, as ``np.add.reduce`` adds
-        the rows of a page, so each sum is the same float32 whatever the pages. One pass
-        for every column: each column read alone walked the rows' overflow pages again
-        (the collection means after a 16,384-photo ``add()`` on the H200: three passes,
-        0.30 s)."""
-        t = images_table
+        and 0 where none has), from one pass over the table in id order. The rows are
+        added one after another in id order, as ``np.add.reduce`` adds the rows of a page,
+        so each sum is the same float32 whatever the pages. One pass for every column:
+        each column read alone walked the rows' overflow pages again (the collection
+        means after a 16,384-photo ``add()`` on the H200: three passes, 0.30 s)."""
         sums: dict[str, np.ndarray | None] = dict.fromkeys(columns)
         counts = dict.fromkeys(columns, 0)
-        last = None
-        with self.engine.connect() as conn:
-            while True:
-                query = sa.select(t.c.id, *(t.c[c] for c in columns)).order_by(t.c.id)
-                if last is not None:
-                    query = query.where(t.c.id > last)
-                rows = _plain_rows(conn, query.limit(size))
-                if not rows:
-                    break
-                last = rows[-1][0]
-                for n, column in enumerate(columns, 1):
-                    present = [self._stored(column, r[n]) for r in rows if r[n] is not None]
-                    if not present:
-                        continue
+        for rows in self._row_pages(columns, size):
+            for n, column in enumerate(columns, 1):
+                found = [self._stored(column, r[n]) for r in rows if r[n] is not None]
+                if found:
                     total = sums[column]
-                    stacked = np.stack(present if total is None else [total, *present])
+                    stacked = np.stack(found if total is None else [total, *found])
                     sums[column] = np.add.reduce(stacked, axis=0)
-                    counts[column] += len(present)
+                    counts[column] += len(found)
         return {c: (sums[c], counts[c]) for c in columns}
 
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
