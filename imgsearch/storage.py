@@ -780,19 +780,14 @@ class Store:
             for k, c in enumerate(columns)
         }
 
-    def _row_pages(
-        self, columns: Sequence[str], size: int, present: bool = False
-    ) -> Iterator[list[tuple]]:
+    def _row_pages(self, columns: Sequence[str], size: int) -> Iterator[list[tuple]]:
         """The rows (id, *columns) in id order, ``size`` at a time, as the driver's tuples
         (a column an image lacks is None). Each page is its own query, found through the
-        primary key from the last id of the one before (not by skipping rows).
-        ``present``: only the images that have every one of the columns."""
+        primary key from the last id of the one before (not by skipping rows)."""
         t = images_table
         last = None
         while True:
             query = sa.select(t.c.id, *(t.c[c] for c in columns)).order_by(t.c.id).limit(size)
-            if present:
-                query = query.where(*(t.c[c].is_not(None) for c in columns))
             if last is not None:
                 query = query.where(t.c.id > last)
             with self.engine.connect() as conn:
@@ -803,12 +798,11 @@ class Store:
             yield rows
 
     def vector_chunks(
-        self, columns: Sequence[str], size: int = 32768, present: bool = False
+        self, columns: Sequence[str], size: int = 32768
     ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
         """Every image's id and vector ``columns`` in id order, ``size`` images at a time:
-        for collections too large to load whole. ``present``: only the images that have
-        every one of the columns."""
-        for rows in self._row_pages(columns, size, present):
+        for collections too large to load whole."""
+        for rows in self._row_pages(columns, size):
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             stored = [[self._stored(c, r[n]) for r in rows] for n, c in enumerate(columns, 1)]
             yield ids, [np.stack(vectors) for vectors in stored]

@@ -160,8 +160,11 @@ def test_vector_sums_add_each_column_over_the_images_that_have_it(indexed: Path)
         columns = ["caption_vector", "image_vector", "concept_vector"]
         ids, _, captions = store.vectors("caption_vector")
         images = store.vectors("image_vector")[2]
-        rows = store.vector_chunks(["concept_vector"], present=True)
-        concepts = np.concatenate([stored for _, (stored,) in rows])
+        with sqlite3.connect(db) as conn:  # the bags as stored, of the images that have one
+            bags = conn.execute(
+                "SELECT concept_vector FROM images WHERE concept_vector IS NOT NULL ORDER BY id"
+            ).fetchall()
+        concepts = np.stack([np.frombuffer(blob, dtype=np.float32) for (blob,) in bags])
         assert len(ids) == 8 and len(concepts) == 5
         for size in (1, 3, 32768):
             sums = store.vector_sums(columns, size=size)
